@@ -1,0 +1,36 @@
+"""Job backends, chosen by name through one registry.
+
+A backend implements :class:`workbench.backends.base.Backend` (submit, status,
+logs, cancel). Its module is imported only when picked, so a missing optional
+dependency (e.g. the ``kubernetes`` client) gives an install hint, not a
+traceback at ``import workbench``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from workbench import settings
+from workbench.backends.base import Backend
+from workbench.errors import WorkbenchError
+
+REGISTRY: dict[str, tuple[str, str]] = {
+    # name: (dotted path "module:Class", install hint for its extra)
+    "local": ("workbench.backends.local.backend:LocalBackend", ""),
+    "kubernetes": ("workbench.backends.kubernetes.backend:KubernetesBackend", "pip install 'workbench[kubernetes]'"),
+}
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend called ``name`` (default: ``WORKBENCH_BACKEND``)."""
+    name = name or settings.BACKEND.get()
+    if name not in REGISTRY:
+        raise WorkbenchError(f"unknown backend {name!r}; known backends: {', '.join(sorted(REGISTRY))}")
+    target, hint = REGISTRY[name]
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise WorkbenchError(f"the {name} backend needs a missing package ({e.name}): {hint or 'reinstall workbench'}") from e
+    backend: Backend = getattr(module, cls_name)()
+    return backend

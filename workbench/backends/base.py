@@ -1,0 +1,36 @@
+"""The small interface every job backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+from workbench.spec import JobSpec
+from workbench.workspace import Workspace
+
+
+class Backend(abc.ABC):
+    """Runs the replicas of a job somewhere and reports on them.
+
+    Job records (id, spec, state) live in the workspace's job store for every
+    backend; a backend starts replicas, keeps the record's state true, and
+    stops them.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def submit(self, workspace: Workspace, job_id: str, spec: JobSpec) -> None:
+        """Start the job's replicas; return at once."""
+
+    @abc.abstractmethod
+    def status(self, workspace: Workspace, job_id: str) -> str:
+        """The job's state, reconciled with what really runs."""
+
+    @abc.abstractmethod
+    def cancel(self, workspace: Workspace, job_id: str) -> str:
+        """Stop every replica of the job (its whole process tree / pods); return the final state."""
+
+    @abc.abstractmethod
+    def log_sources(self, workspace: Workspace, job_id: str) -> dict[str, Iterator[str]]:
+        """One line iterator per replica (``"worker-0"`` -> lines), reading what is there now."""

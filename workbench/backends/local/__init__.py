@@ -1,0 +1,1 @@
+"""The local backend: each replica a detached process on this machine."""

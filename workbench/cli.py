@@ -1,0 +1,207 @@
+"""``workbench`` command line: mirrors the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise WorkbenchError(f"--env takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _age(t: float | None) -> str:
+    if not t:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    from workbench import services
+    from workbench.workspace import Workspace
+
+    ws = Workspace.current()
+    print(f"starting the workbench for workspace {ws.root}", flush=True)
+    ports = {"jupyter": a.jupyter_port, "tensorboard": a.tensorboard_port, "server": a.server_port}
+    enabled = tuple(n for n in services.SERVICES if n not in (a.without or []))
+    opts = services.Options(host=a.host, root_dir=Path(a.root_dir), token=a.token or "", ports=ports, enabled=enabled)
+    running = services.up(ws, opts)
+    if "jupyter" in running.info:
+        print(f"\nJupyterLab: {running.info['jupyter']['url']}", flush=True)
+    print("Ctrl-C or `workbench down` stops everything.", flush=True)
+    running.run_forever()
+    return 0
+
+
+def cmd_down(a: argparse.Namespace) -> int:
+    from workbench import services
+    from workbench.workspace import Workspace
+
+    stopped = services.down(Workspace.current())
+    print("stopped" if stopped else "the workbench was not running")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from workbench import api, services
+    from workbench.workspace import Workspace
+
+    ws = Workspace.current()
+    print(f"workspace {ws.root}")
+    info = services.status(ws)
+    if not info:
+        print("services: not running (start with `workbench up`)")
+    for name, item in info.items():
+        state = "up" if item["healthy"] else ("starting" if item["alive"] else "down")
+        print(f"  {name:<12} {state:<9} pid {item['pid']:<8} {item['url']}")
+    active = [j for j in api.jobs(limit=200) if j.status() in ("queued", "running")]
+    print(f"jobs: {len(active)} active")
+    for j in active:
+        print(f"  {j.id}  {j.status()}")
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    job = api.submit(
+        a.script, args=a.args, framework=a.framework, workers=a.workers, ps=a.ps, gpus=a.gpus, name=a.name,
+        env=_env_pairs(a.env or []), python=a.python, max_restarts=a.max_restarts,
+    )
+    print(job.id)
+    if a.follow:
+        job.logs(follow=True)
+        state = job.wait()
+        print(f"{job.id}: {state}", file=sys.stderr)
+        return 0 if state == "succeeded" else 1
+    return 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    rows = api.jobs(limit=a.limit)
+    print(f"{'ID':<44} {'STATUS':<10} {'FRAMEWORK':<10} {'REPLICAS':<8} {'CREATED':<19}  MESSAGE")
+    for j in rows:
+        r = j.record
+        spec = r.spec
+        n = spec["workers"] + spec.get("ps", 0)
+        print(f"{j.id:<44} {j.status():<10} {spec['framework']:<10} {n:<8} {_age(r.created):<19}  {r.message or ''}")
+    return 0
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    job = api.job(a.job)
+    if a.follow:
+        job.logs(follow=True, replica=a.replica)
+    else:
+        print(job.logs(replica=a.replica))
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    job = api.job(a.job)
+    print(f"{job.id}: {job.cancel()}")
+    return 0
+
+
+def cmd_wait(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    state = api.job(a.job).wait(timeout=a.timeout)
+    print(state)
+    return 0 if state == "succeeded" else 1
+
+
+def cmd_checkpoints(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    for c in api.job(a.job).checkpoints():
+        metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(c.metrics.items()))
+        print(f"{c.step:>8}  {c.path}  {metrics}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description="ML experimentation workbench")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("up", help="start JupyterLab, TensorBoard and the model server; Ctrl-C stops them")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--jupyter-port", type=int, default=0, help="default 8888, or a free port")
+    s.add_argument("--tensorboard-port", type=int, default=0, help="default 6006, or a free port")
+    s.add_argument("--server-port", type=int, default=0, help="default 8501, or a free port")
+    s.add_argument("--token", help="JupyterLab token (default: random, printed in the URL)")
+    s.add_argument("--root-dir", default=".", help="folder JupyterLab opens (default: current)")
+    s.add_argument("--without", action="append", help="a service not to start (repeatable)")
+    s.set_defaults(fn=cmd_up)
+
+    sub.add_parser("down", help="stop what `workbench up` started").set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="services and active jobs").set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("submit", help="run a training script as a job")
+    s.add_argument("script")
+    s.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
+    s.add_argument("--framework", default="tensorflow", help="tensorflow, pytorch, mxnet or none")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--ps", type=int, default=0, help="parameter servers (tensorflow, mxnet)")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per training replica")
+    s.add_argument("--name")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--python", help="interpreter, venv or named environment")
+    s.add_argument("--max-restarts", type=int, default=0)
+    s.add_argument("-f", "--follow", action="store_true", help="stream logs until the job ends")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("jobs", help="list jobs, newest first")
+    s.add_argument("--limit", type=int, default=50)
+    s.set_defaults(fn=cmd_jobs)
+
+    s = sub.add_parser("logs", help="a job's replica logs")
+    s.add_argument("job")
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("--replica", help="e.g. worker-1")
+    s.set_defaults(fn=cmd_logs)
+
+    for name, fn, text in (("cancel", cmd_cancel, "stop a job"), ("checkpoints", cmd_checkpoints, "list checkpoints")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("job")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("wait", help="wait for a job to end; exit 0 if it succeeded")
+    s.add_argument("job")
+    s.add_argument("--timeout", type=float)
+    s.set_defaults(fn=cmd_wait)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    a = p.parse_args(argv)
+    if getattr(a, "args", None) and a.args[0] == "--":
+        a.args = a.args[1:]
+    try:
+        return int(a.fn(a))
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

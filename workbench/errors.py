@@ -1,0 +1,34 @@
+"""The workbench's own exceptions: errors a user can cause, with messages that say what to do."""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base of every error the workbench raises on purpose."""
+
+
+class SpecError(WorkbenchError, ValueError):
+    """A job spec is malformed (unknown framework, bad replica counts, missing script...)."""
+
+
+class WorkspaceError(WorkbenchError):
+    """The workspace cannot be used (not writable, corrupt state database...)."""
+
+
+class JobNotFound(WorkbenchError, KeyError):
+    """No job with that id exists in this workspace."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class ResourceError(WorkbenchError):
+    """A job asks for more than the machine has (e.g. GPUs)."""
+
+
+class CheckpointError(WorkbenchError):
+    """A checkpoint is missing or cannot be read."""
+
+
+class ServiceError(WorkbenchError):
+    """A workbench service (JupyterLab, TensorBoard, server) failed to start or stop."""
