@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create or update the project's environment: a venv at .venv with workbench
+# (editable), TensorFlow, JupyterLab, TensorBoard and the test tools, plus the
+# MNIST data file. Idempotent: re-running with nothing changed takes a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $PY"
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    echo "python venv support is missing; installing it with apt-get"
+    rm -rf .venv
+    apt-get update -qq && apt-get install -y -qq python3-venv
+    "$PY" -m venv .venv
+  fi
+fi
+
+stamp=.venv/.workbench-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[tensorflow,jupyter,dev]"
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -m workbench.datasets.mnist fetch >/dev/null
+echo "environment ready: .venv"
