@@ -1,0 +1,208 @@
+"""What launching through the workbench costs: LeNet-5 on MNIST run directly vs as a job.
+
+``python -m bench.launch_overhead [--epochs 10] [--limit N] [--rounds 2]``
+
+Each round trains ``examples/lenet/train.py`` twice with the same interpreter,
+environment and arguments: once as a plain subprocess (``python train.py``)
+and once through ``workbench.submit`` (single process, local backend). Rounds
+alternate the order (direct/job, then job/direct) so drift in the machine's
+load touches both sides alike. Printed:
+
+- the wall-time ratio job / direct (sums over rounds; goal <= 1.03). Direct:
+  from ``Popen`` to exit. Job: from calling ``submit`` to seeing its final
+  state through ``job.wait``, i.e. what a notebook user waits;
+- the time from ``submit`` returning to the job's first log line (and, for
+  comparison, from ``Popen`` to the direct run's first line);
+- the test accuracy each run printed (``test_accuracy=...``; goal >= 0.98
+  after 10 epochs on the full data).
+
+Both sides write the same outputs (TensorBoard events, a checkpoint per
+epoch): the direct run into a temporary folder named by ``WORKBENCH_LOG_DIR``
+and ``WORKBENCH_CHECKPOINT_DIR``, the job into a temporary workspace.
+``--smoke``-sized runs (``--epochs 1 --limit 1000``) check that it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "lenet" / "train.py"
+ACCURACY = re.compile(r"test_accuracy=([0-9.]+)")
+RATIO_GOAL = 1.03
+ACCURACY_GOAL = 0.98
+
+
+@dataclass
+class Run:
+    mode: str  # "direct" or "job"
+    round: int
+    wall_s: float
+    first_line_s: float  # direct: after Popen; job: after submit returned
+    submit_s: float | None  # job only: how long the submit call took
+    test_accuracy: float | None
+    ok: bool
+    load_1min: float  # the machine's load average when the run ended: how busy the other cores were
+    detail: str = ""
+
+
+def train_args(args: argparse.Namespace) -> list[str]:
+    out = ["--epochs", str(args.epochs)]
+    if args.limit:
+        out += ["--limit", str(args.limit)]
+    return out
+
+
+def run_direct(args: argparse.Namespace, rnd: int, scratch: Path) -> Run:
+    out = scratch / f"direct-{rnd}"
+    out.mkdir(parents=True)
+    env = {
+        **os.environ,
+        # What the launcher gives a replica with gpus=0, so both sides do the same work.
+        "WORKBENCH_LOG_DIR": str(out / "tb"),
+        "WORKBENCH_CHECKPOINT_DIR": str(out / "checkpoints"),
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *train_args(args)],
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = None
+    lines = []
+    for line in proc.stdout:
+        if first is None:
+            first = time.perf_counter() - t0
+        lines.append(line)
+    code = proc.wait()
+    wall = time.perf_counter() - t0
+    (out / "stdout.log").write_text("".join(lines))
+    accuracy = _accuracy("".join(lines))
+    ok = code == 0 and accuracy is not None
+    detail = "" if ok else f"exit status {code}; see {out / 'stdout.log'}"
+    return Run("direct", rnd, wall, first or wall, None, accuracy, ok, os.getloadavg()[0], detail)
+
+
+def run_job(args: argparse.Namespace, rnd: int) -> Run:
+    import workbench as wb
+
+    t0 = time.perf_counter()
+    job = wb.submit(str(SCRIPT), args=train_args(args), name=f"bench-lenet-{rnd}")
+    returned = time.perf_counter()
+    first = None
+    while first is None and not job.done():
+        if job.logs():
+            first = time.perf_counter() - returned
+        else:
+            time.sleep(0.01)
+    state = job.wait(poll=0.05)
+    wall = time.perf_counter() - t0
+    logs = job.logs() or ""
+    accuracy = _accuracy(logs)
+    ok = state == "succeeded" and accuracy is not None
+    detail = "" if ok else f"job {job.id} {state}: {job.message}; see {job.paths.logs}"
+    first_s = first if first is not None else wall
+    return Run("job", rnd, wall, first_s, returned - t0, accuracy, ok, os.getloadavg()[0], detail)
+
+
+def _accuracy(text: str) -> float | None:
+    found = ACCURACY.findall(text)
+    return float(found[-1]) if found else None
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    print(f"{'round':>5}  {'mode':<6}  {'wall s':>8}  {'first line s':>12}  {'test acc':>8}  {'load':>5}")
+    for r in runs:
+        acc = f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-"
+        print(
+            f"{r.round:>5}  {r.mode:<6}  {r.wall_s:>8.2f}  {r.first_line_s:>12.3f}  {acc:>8}  {r.load_1min:>5.2f}  {r.detail}"
+        )
+    direct = [r for r in runs if r.mode == "direct"]
+    jobs = [r for r in runs if r.mode == "job"]
+    ratio = sum(r.wall_s for r in jobs) / sum(r.wall_s for r in direct)
+    mark = "meets" if ratio <= RATIO_GOAL else "misses"
+    print(
+        f"wall-time ratio job/direct: {ratio:.3f} ({mark} the goal <= {RATIO_GOAL}); "
+        f"per round: {', '.join(f'{j.wall_s / d.wall_s:.3f}' for d, j in zip(direct, jobs, strict=True))}"
+    )
+    print(
+        f"submit() returned after {statistics.median(r.submit_s or 0 for r in jobs):.3f} s; "
+        f"first log line {statistics.median(r.first_line_s for r in jobs):.3f} s after submit returned "
+        f"(direct: {statistics.median(r.first_line_s for r in direct):.3f} s after Popen), medians"
+    )
+    for mode, group in (("direct", direct), ("job", jobs)):
+        accs = [r.test_accuracy for r in group if r.test_accuracy is not None]
+        if accs:
+            full = args.epochs >= 10 and not args.limit
+            goal = (
+                ("meets" if min(accs) >= ACCURACY_GOAL else "misses") + f" the goal >= {ACCURACY_GOAL}"
+                if full
+                else f"goal >= {ACCURACY_GOAL} applies to 10 epochs on the full data"
+            )
+            print(f"test accuracy after {args.epochs} epoch(s), {mode}: {', '.join(f'{a:.4f}' for a in accs)} ({goal})")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.launch_overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--limit", type=int, default=None, help="examples per split (default: all)")
+    p.add_argument("--rounds", type=int, default=2, help="each round runs both sides; order alternates")
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="workspace for the jobs (default: a temporary one, removed at the end)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the runs to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-launch-"))
+    workspace = args.workspace or scratch / "workspace"
+    os.environ["WORKBENCH_WORKSPACE"] = str(workspace)  # read by wb.submit at call time
+    print(
+        f"launch overhead: {SCRIPT.relative_to(ROOT)} --epochs {args.epochs}"
+        f"{f' --limit {args.limit}' if args.limit else ''}, {args.rounds} round(s), {sys.executable}",
+        flush=True,
+    )
+    runs: list[Run] = []
+    try:
+        for rnd in range(1, args.rounds + 1):
+            order = ("direct", "job") if rnd % 2 else ("job", "direct")
+            for mode in order:
+                run = run_direct(args, rnd, scratch) if mode == "direct" else run_job(args, rnd)
+                print(f"  round {rnd} {mode}: {run.wall_s:.2f} s", flush=True)
+                runs.append(run)
+        report(runs, args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    finally:
+        if all(r.ok for r in runs):
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            print(f"kept {scratch} for inspection", flush=True)
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

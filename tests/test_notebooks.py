@@ -1,0 +1,126 @@
+"""The example notebooks run headless (papermill), small, in a temporary workspace, and do what they say."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+import workbench as wb
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "workbench-test-python3"
+SMALL = {"epochs": 2, "limit": 2000}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh workspace, and a kernel that runs this interpreter (the venv's) and inherits the environment."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "workbench tests",
+                "language": "python",
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    root = tmp_path / "workspace"
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(root))
+    monkeypatch.setenv("WORKBENCH_KILL_GRACE", "3")
+    yield root
+    for job in wb.jobs():  # a failed run must not leave training processes behind
+        if not job.done():
+            job.cancel()
+
+
+def execute(name: str, out_dir: Path, **parameters: object) -> dict:
+    import papermill
+
+    output = out_dir / name
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(output),
+        parameters=parameters,
+        kernel_name=KERNEL,
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        execution_timeout=240,
+    )
+    return json.loads(output.read_text())
+
+
+def text_of(nb: dict) -> str:
+    """Everything the executed cells printed or displayed as text."""
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts.append("".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def images_in(nb: dict) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code), path.name
+        assert any("parameters" in c["metadata"].get("tags", []) for c in code), path.name
+
+
+def test_quickstart_trains_in_the_notebook_and_logs_to_tensorboard(workspace, tmp_path):
+    nb = execute("01_quickstart.ipynb", tmp_path, **SMALL)
+    text = text_of(nb)
+    accuracy = float(re.search(r"test_accuracy=([0-9.]+)", text)[1])
+    assert accuracy > 0.6, text  # chance is 0.1
+    assert f"workspace: {workspace}" in text
+    assert "No TensorBoard link" in text  # no `workbench up` for this workspace
+    assert images_in(nb) >= 2  # loss curves, predictions
+    (run,) = (workspace / "runs").glob("notebook-*")
+    for split in ("train", "validation"):
+        assert list((run / "tb" / split).glob("events.out.tfevents.*")), split
+
+
+def test_jobs_notebook_runs_single_and_two_worker_jobs_and_cancels(workspace, tmp_path):
+    nb = execute("02_jobs.ipynb", tmp_path, **SMALL, long_epochs=200, watch_before_cancel=8)
+    text = text_of(nb)
+    assert "lenet: succeeded" in text
+    assert "lenet-2w: succeeded" in text
+    assert re.search(r"lenet-long: cancelled", text), text
+    assert images_in(nb) >= 2  # job.watch() plots
+
+    jobs = {j.name: j for j in wb.jobs()}
+    assert {n: j.status() for n, j in jobs.items()} == {
+        "lenet": "succeeded",
+        "lenet-2w": "succeeded",
+        "lenet-long": "cancelled",
+    }
+    for name in ("lenet", "lenet-2w"):
+        assert [c.step for c in jobs[name].checkpoints()] == [1, 2], name
+        assert all(c.path.is_file() and "val_accuracy" in c.metrics for c in jobs[name].checkpoints())
+    two = jobs["lenet-2w"].logs()
+    assert "[worker-0] replica worker-0: 2 replica(s) in sync" in two
+    assert "[worker-1] replica worker-1: 2 replica(s) in sync" in two
+    assert "test_accuracy=" in jobs["lenet"].logs()
+    replicas = json.loads((jobs["lenet-long"].paths.root / "replicas.json").read_text())
+    assert not [r for r in replicas if running(r["pid"])]  # cancel stopped the training process
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
