@@ -49,6 +49,7 @@ def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
         sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={o.host}", f"--port={port}",
         f"--IdentityProvider.token={o.token}", f"--ServerApp.root_dir={o.root_dir.resolve()}",
         "--ServerApp.port_retries=0",
+        *(["--allow-root"] if os.geteuid() == 0 else []),  # containers and CI often run as root
     ]
 
 
@@ -85,13 +86,12 @@ def read_services(ws: Workspace) -> dict[str, Any]:
 
 
 def _port_for(name: str, wanted: int, host: str) -> int:
-    for port in (wanted,):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-                return port
-            except OSError:
-                pass
+    with socket.socket() as s:
+        try:
+            s.bind((host, wanted))
+            return wanted
+        except OSError:
+            pass
     free = processes.free_ports(1)[0]
     print(f"  port {wanted} is taken; {name} uses {free}", flush=True)
     return free
