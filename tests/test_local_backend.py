@@ -73,7 +73,10 @@ def test_job_outlives_the_process_that_submitted_it(workspace, write_script):
     script = write_script("import time; time.sleep(3); print('finished')\n")
     out = subprocess.run(
         [sys.executable, "-c", f"import workbench as wb; print(wb.submit({str(script)!r}, framework='none').id)"],
-        capture_output=True, text=True, check=True, env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
     )
     job = wb.job(out.stdout.strip())
     assert job.status() in ("queued", "running")
@@ -97,7 +100,9 @@ def test_jobs_are_listed_newest_first_from_a_second_process(workspace, write_scr
 def test_cancel_ends_every_replica_process_tree(workspace, write_script):
     job = wb.submit(str(write_script(SLEEPER)), framework="none", workers=2)
     assert wait_for(lambda: job.logs().count("child ") == 2, 60), job.logs()
-    children = [int(line.split()[-1]) for line in job.logs().splitlines() if " child " in line or line.startswith("child")]
+    children = [
+        int(line.split()[-1]) for line in job.logs().splitlines() if " child " in line or line.startswith("child")
+    ]
     pids = replica_pids(job)
     assert all(alive(p) for p in pids + children)
     assert job.cancel() == "cancelled"
@@ -232,7 +237,9 @@ def test_unknown_job_id(workspace):
 def test_cli_reports_errors_without_traceback(workspace, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "workbench", "submit", str(tmp_path / "missing.py")],
-        capture_output=True, text=True, env=os.environ,
+        capture_output=True,
+        text=True,
+        env=os.environ,
     )
     assert out.returncode == 2
     assert out.stderr.startswith("error: training script") and "Traceback" not in out.stderr

@@ -31,8 +31,20 @@ def http_status(url: str) -> int | None:
 def start_up(workspace: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
     ports = free_ports(3)
     cmd = [
-        sys.executable, "-m", "workbench", "up", "--token", "sekret", "--root-dir", str(tmp_path),
-        "--jupyter-port", str(ports[0]), "--tensorboard-port", str(ports[1]), "--server-port", str(ports[2]),
+        sys.executable,
+        "-m",
+        "workbench",
+        "up",
+        "--token",
+        "sekret",
+        "--root-dir",
+        str(tmp_path),
+        "--jupyter-port",
+        str(ports[0]),
+        "--tensorboard-port",
+        str(ports[1]),
+        "--server-port",
+        str(ports[2]),
     ]
     with open(tmp_path / "up.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ)

@@ -72,7 +72,8 @@ def test_tensorboard_http_api_serves_the_job_loss(trained):
     port = free_ports(1)[0]
     tb = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", f"--logdir={ws.runs}", "--host=127.0.0.1", f"--port={port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     run = f"{trained['single'].id}/tb/train"
     url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run={run}&tag=epoch_loss"
@@ -126,8 +127,12 @@ def test_cancel_a_training_job(workspace):
 def test_lenet_script_runs_outside_the_workbench(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
     out = subprocess.run(
-        [sys.executable, str(LENET), "--epochs", "1", "--limit", "500"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(LENET), "--epochs", "1", "--limit", "500"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "checkpoints" / "ckpt-0001.keras").exists()

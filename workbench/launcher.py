@@ -60,8 +60,20 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
         )
         staging.root.rename(final.root)  # the run dir appears whole or not at all
         store.insert(
-            JobRecord(run_id, spec.name or run_id, runner.name, "queued", created, None, None, 0, None, False, None,
-                      spec.to_dict())
+            JobRecord(
+                run_id,
+                spec.name or run_id,
+                runner.name,
+                "queued",
+                created,
+                None,
+                None,
+                0,
+                None,
+                False,
+                None,
+                spec.to_dict(),
+            )
         )
     except BaseException:
         shutil.rmtree(staging.root, ignore_errors=True)

@@ -46,8 +46,14 @@ class ServiceDef:
 
 def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={o.host}", f"--port={port}",
-        f"--IdentityProvider.token={o.token}", f"--ServerApp.root_dir={o.root_dir.resolve()}",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--ip={o.host}",
+        f"--port={port}",
+        f"--IdentityProvider.token={o.token}",
+        f"--ServerApp.root_dir={o.root_dir.resolve()}",
         "--ServerApp.port_retries=0",
         *(["--allow-root"] if os.geteuid() == 0 else []),  # containers and CI often run as root
     ]
@@ -55,14 +61,22 @@ def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
 
 def _tensorboard(ws: Workspace, o: Options, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "tensorboard.main", f"--logdir={ws.runs}", f"--host={o.host}", f"--port={port}",
-        "--reload_interval=2", "--reload_multifile=true",
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        f"--logdir={ws.runs}",
+        f"--host={o.host}",
+        f"--port={port}",
+        "--reload_interval=2",
+        "--reload_multifile=true",
     ]
 
 
 SERVICES: dict[str, ServiceDef] = {
     "jupyter": ServiceDef(
-        "jupyter", 8888, _jupyter,
+        "jupyter",
+        8888,
+        _jupyter,
         lambda o: f"/api/status?token={o.token}",
         lambda o, p: f"http://{o.host}:{p}/lab?token={o.token}",
     ),
@@ -132,13 +146,20 @@ class Services:
             port = _port_for(name, wanted, o.host)
             log = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
-                svc.command(ws, o, port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
+                svc.command(ws, o, port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
             log.close()
             self.info[name] = {
-                "pid": self.procs[name].pid, "port": port, "url": svc.url(o, port),
-                "health": f"http://{o.host}:{port}{svc.health_path(o)}", "log": str(logs / f"{name}.log"),
+                "pid": self.procs[name].pid,
+                "port": port,
+                "url": svc.url(o, port),
+                "health": f"http://{o.host}:{port}{svc.health_path(o)}",
+                "log": str(logs / f"{name}.log"),
             }
         write_json_atomic(ws.services_file, {"pid": os.getpid(), "services": self.info, "started": time.time()})
         self._wait_healthy(timeout)

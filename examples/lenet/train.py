@@ -16,11 +16,11 @@ import time
 
 print("train.py: starting", flush=True)  # first log line: before the slow TensorFlow import
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import keras  # noqa: E402
 from model import build_lenet  # noqa: E402
+
 from workbench import runtime  # noqa: E402
 from workbench.datasets import mnist  # noqa: E402
 
@@ -33,8 +33,12 @@ def parse_args():
     p.add_argument("--limit", type=int, default=None, help="use only the first N examples of each split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to pause after each epoch (demos, tests)")
-    p.add_argument("--fail-at-epoch", type=int, default=None,
-                   help="exit with an error after this epoch on the first attempt (restart demos)")
+    p.add_argument(
+        "--fail-at-epoch",
+        type=int,
+        default=None,
+        help="exit with an error after this epoch on the first attempt (restart demos)",
+    )
     return p.parse_args()
 
 
@@ -88,7 +92,7 @@ def main():
             probs = model(x, training=True)
             loss = tf.nn.compute_average_loss(loss_fn(y, probs), global_batch_size=global_batch)
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
     @tf.function
@@ -117,8 +121,11 @@ def main():
                     tf.summary.scalar("batch_loss", loss)
         train_loss = total / max(n, 1)
         val_loss, val_acc = evaluate(x_val, y_val)
-        print(f"epoch {epoch}/{args.epochs} loss={train_loss:.4f} val_loss={val_loss:.4f} "
-              f"val_accuracy={val_acc:.4f} ({time.time() - t0:.1f} s)", flush=True)
+        print(
+            f"epoch {epoch}/{args.epochs} loss={train_loss:.4f} val_loss={val_loss:.4f} "
+            f"val_accuracy={val_acc:.4f} ({time.time() - t0:.1f} s)",
+            flush=True,
+        )
         if chief:
             with train_writer.as_default(step=epoch):
                 tf.summary.scalar("epoch_loss", train_loss)

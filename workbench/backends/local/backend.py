@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 
 from workbench import settings
-from workbench.conventions import replicas
 from workbench.backends.base import Backend
 from workbench.backends.local import processes
+from workbench.conventions import replicas
 from workbench.spec import JobSpec
 from workbench.store import FINAL_STATES, JobStore
 from workbench.workspace import Workspace, read_json
@@ -31,8 +31,17 @@ class LocalBackend(Backend):
             # "sh -c '... &'" exits at once, so the supervisor is re-parented and never
             # becomes a zombie of the (long-lived) notebook kernel that submitted it.
             subprocess.run(
-                ["sh", "-c", 'exec "$@" </dev/null &', "sh", sys.executable, "-m", SUPERVISOR,
-                 str(workspace.root), job_id],
+                [
+                    "sh",
+                    "-c",
+                    'exec "$@" </dev/null &',
+                    "sh",
+                    sys.executable,
+                    "-m",
+                    SUPERVISOR,
+                    str(workspace.root),
+                    job_id,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -51,7 +60,9 @@ class LocalBackend(Backend):
                 self._stop_replicas(workspace, job_id)
                 store.transition(job_id, "failed", "the job's launcher process died unexpectedly")
         elif not record.supervisor_pid and time.time() - record.created > START_TIMEOUT_S:
-            store.transition(job_id, "failed", f"the launcher did not start (see {workspace.run(job_id).supervisor_log})")
+            store.transition(
+                job_id, "failed", f"the launcher did not start (see {workspace.run(job_id).supervisor_log})"
+            )
         return store.get(job_id).state
 
     def cancel(self, workspace: Workspace, job_id: str) -> str:

@@ -105,7 +105,6 @@ def tail_lines(path: Path):  # type: ignore[no-untyped-def]
             chunk = ""
         buf += chunk
         *lines, buf = buf.split("\n")
-        for line in lines:
-            yield line
+        yield from lines
         if not chunk:
             yield None  # nothing new now

@@ -80,10 +80,10 @@ class Supervisor:
         roles = self.spec.roles()
         replicas = conventions.replicas(roles)
         ports = processes.free_ports(len(replicas))
-        addresses = {r: f"127.0.0.1:{p}" for r, p in zip(replicas, ports)}
+        addresses = {r: f"127.0.0.1:{p}" for r, p in zip(replicas, ports, strict=True)}
         cluster = {role: [addresses[r] for r in replicas if r.role == role] for role in roles}
         compute = [r for r in replicas if r.role in ("worker", "chief")]
-        devices = dict(zip(compute, gpus.assign(self.spec.gpus, len(compute))))
+        devices = dict(zip(compute, gpus.assign(self.spec.gpus, len(compute)), strict=True))
         script = self.paths.code / Path(self.spec.script).name
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         running = []
@@ -118,7 +118,10 @@ class Supervisor:
             self.log(f"started {r.role}-{r.index} pid {proc.pid} at {addresses[r]}")
         write_json_atomic(
             self.paths.root / "replicas.json",
-            [{"role": x.replica.role, "index": x.replica.index, "pid": x.proc.pid, "address": x.address} for x in running],
+            [
+                {"role": x.replica.role, "index": x.replica.index, "pid": x.proc.pid, "address": x.address}
+                for x in running
+            ],
         )
         return running
 
