@@ -1,0 +1,142 @@
+"""What every training pod runs: ``python -m workbench.backends.kubernetes.entrypoint SCRIPT [ARGS...]``.
+
+An Indexed Job's pods share one template, so a replica's own variables
+(TF_CONFIG's task, RANK, DMLC_ROLE...) cannot be written into the manifest.
+Each pod knows its role (``WORKBENCH_ROLE``), its index (``JOB_COMPLETION_INDEX``)
+and every replica's address (``WORKBENCH_CLUSTER``); this entrypoint hands them
+to :func:`workbench.conventions.replica_env`, the function the local backend
+uses too, then runs the script from the run's code snapshot. The script's
+output goes to stdout (the pod log) and is appended to
+``runs/<id>/logs/<role>-<index>.log`` in the workspace, which outlives the pod.
+
+Imports nothing beyond the standard library and workbench's core, so any
+trainer image with workbench installed can run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from workbench import conventions, settings
+from workbench.workspace import Workspace
+
+CONTAINER = "replica"  # the container's name in every training pod
+CONFIG_ERROR_EXIT = 78  # EX_CONFIG from sysexits.h; the Job's podFailurePolicy fails the job on it, no retries
+
+
+class ConfigError(Exception):
+    """The pod's environment or workspace cannot run this replica; retrying would fail the same way."""
+
+
+def replica_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The script's environment: the pod's, completed with this replica's distributed variables."""
+    required = (
+        settings.FRAMEWORK_VAR,
+        settings.ROLE_VAR,
+        "JOB_COMPLETION_INDEX",
+        settings.CLUSTER_VAR,
+        settings.RUN_ID_VAR,
+        settings.WORKSPACE_VAR,
+    )
+    missing = [name for name in required if not environ.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set; this pod was not made by the workbench")
+    framework, role = environ[settings.FRAMEWORK_VAR], environ[settings.ROLE_VAR]
+    try:
+        index = int(environ["JOB_COMPLETION_INDEX"])
+        cluster = json.loads(environ[settings.CLUSTER_VAR])
+    except ValueError as e:
+        raise ConfigError(f"malformed JOB_COMPLETION_INDEX or {settings.CLUSTER_VAR}: {e}") from e
+    if index >= len(cluster.get(role, [])):
+        raise ConfigError(f"{role}-{index} is not in the cluster {cluster}")
+    env = dict(environ)
+    env.update(conventions.replica_env(framework, cluster, conventions.Replica(role, index)))
+    env[settings.ATTEMPT_VAR] = environ.get(settings.ATTEMPT_VAR) or "0"
+    return env
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if not argv:
+            raise ConfigError("usage: python -m workbench.backends.kubernetes.entrypoint SCRIPT [ARGS...]")
+        env = replica_environment(os.environ)
+        script = Path(argv[0])
+        if not script.is_file():
+            raise ConfigError(
+                f"training script {script} is not in the workspace; is WORKBENCH_K8S_WORKSPACE_CLAIM the "
+                "claim that holds the submitter's workspace, mounted at the same path?"
+            )
+    except ConfigError as e:
+        print(f"workbench entrypoint: {e}", file=sys.stderr, flush=True)
+        return CONFIG_ERROR_EXIT
+    command = [sys.executable, str(script), *argv[1:]]
+    with _workspace_log(env) as log:
+        return run(command, env, script.parent, log)
+
+
+def run(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None) -> int:
+    """Run ``command``, copying its output to stdout and ``log``; return its exit status.
+
+    SIGTERM (the kubelet stopping the pod) goes on to the script's whole process
+    group: as PID 1 we would otherwise ignore it, and the script would only ever see SIGKILL.
+    """
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    assert proc.stdout is not None
+    out = sys.stdout.buffer
+    # Raw chunks, not lines: progress bars written with "\r" appear as they are written.
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        out.write(chunk)
+        out.flush()
+        if log is not None:
+            log.write(chunk)
+            log.flush()
+    code = proc.wait()
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
+
+
+@contextmanager
+def _workspace_log(env: Mapping[str, str]) -> Iterator[BinaryIO | None]:
+    """The replica's log file in the workspace, opened to append; None when it cannot be written."""
+    paths = Workspace(Path(env[settings.WORKSPACE_VAR])).run(env[settings.RUN_ID_VAR])
+    path = paths.replica_log(env[settings.ROLE_VAR], int(env[settings.REPLICA_INDEX_VAR]))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "ab")
+    except OSError as e:
+        print(f"workbench entrypoint: cannot write {path} ({e}); the log is in the pod only", flush=True)
+        yield None
+        return
+    with log:
+        attempt = int(env[settings.ATTEMPT_VAR])
+        if attempt:  # the same marker the local backend writes between attempts
+            log.write(f"\n===== restart {attempt}: attempt {attempt + 1} =====\n".encode())
+        yield log
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
