@@ -22,8 +22,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
 
 
 def get_backend(name: str | None = None) -> Backend:
-    """The backend called ``name`` (default: ``WORKBENCH_BACKEND``)."""
+    """The backend called ``name`` (default: ``WORKBENCH_BACKEND``; "auto" is kubernetes inside a pod, else local)."""
     name = name or settings.BACKEND.get()
+    if name == "auto":
+        from workbench.backends.kubernetes.incluster import in_cluster  # stdlib only: no client import
+
+        name = "kubernetes" if in_cluster() else "local"
     if name not in REGISTRY:
         raise WorkbenchError(f"unknown backend {name!r}; known backends: {', '.join(sorted(REGISTRY))}")
     target, hint = REGISTRY[name]
