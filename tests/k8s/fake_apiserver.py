@@ -113,39 +113,20 @@ class FakeApiServer:
         with self.lock:
             return sorted(n for (p, _ns, n) in self.objects if p == plural)
 
-    def make_pods(self, job_name: str, phase: str = "Pending") -> list[str]:
-        """Create one pod per index of a Job, as the Job controller would (hostname, index annotation)."""
+    def make_pods(self, job_name: str, phase: str = "Pending", indexes: list[int] | None = None) -> list[str]:
+        """Create a pod per index of a Job (or for ``indexes``), as the Job controller would."""
         job = self.get("jobs", job_name)
-        ns = job["metadata"]["namespace"]
-        template = job["spec"]["template"]
         names = []
-        for index in range(job["spec"]["completions"]):
+        for index in range(job["spec"]["completions"]) if indexes is None else indexes:
             failures = sum(
                 1
                 for p in self._pods_of(job_name)
                 if p["metadata"]["annotations"][INDEX_ANNOTATION] == str(index) and p["status"]["phase"] == "Failed"
             )
-            name = f"{job_name}-{index}-{uuid.uuid4().hex[:5]}"
-            meta = copy.deepcopy(template["metadata"])
-            meta["labels"] = {
-                **meta.get("labels", {}),
-                "job-name": job_name,
-                "batch.kubernetes.io/job-completion-index": str(index),
-            }
-            meta["annotations"] = {**meta.get("annotations", {}), INDEX_ANNOTATION: str(index)}
-            if "backoffLimitPerIndex" in job["spec"]:
-                meta["annotations"]["batch.kubernetes.io/job-index-failure-count"] = str(failures)
-            spec = copy.deepcopy(template["spec"])
-            spec["hostname"] = f"{job_name}-{index}"
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {**meta, "name": name, "namespace": ns},
-                "spec": spec,
-                "status": {"phase": phase},
-            }
-            self._store("pods", ns, pod)
-            names.append(name)
+            pod = pod_from_job(job, index, failures)
+            pod["status"] = {"phase": phase}
+            self._store("pods", job["metadata"]["namespace"], pod)
+            names.append(pod["metadata"]["name"])
         return names
 
     def set_pod(
@@ -311,6 +292,47 @@ class FakeApiServer:
                 return _send(req, 200, _status(200, "", "", success=True))
             return _send(req, 200, obj)  # Services and Pods: the deleted object, as the real API answers
         return _send(req, 405, _status(405, "MethodNotAllowed", method))
+
+
+def pod_from_job(job: Obj, index: int, failures: int = 0) -> Obj:
+    """The pod the Job controller makes for ``index`` of an Indexed Job: the template, plus the hostname,
+    labels and annotations it adds (completion index; failure count under backoffLimitPerIndex)."""
+    name = job["metadata"]["name"]
+    template = copy.deepcopy(job["spec"]["template"])
+    meta = template["metadata"]
+    meta["labels"] = {
+        **meta.get("labels", {}),
+        "job-name": name,
+        "batch.kubernetes.io/job-completion-index": str(index),
+    }
+    meta["annotations"] = {**meta.get("annotations", {}), INDEX_ANNOTATION: str(index)}
+    if "backoffLimitPerIndex" in job["spec"]:
+        meta["annotations"]["batch.kubernetes.io/job-index-failure-count"] = str(failures)
+    meta.update(name=f"{name}-{index}-{uuid.uuid4().hex[:5]}", namespace=job["metadata"].get("namespace", "default"))
+    spec = template["spec"]
+    spec["hostname"] = f"{name}-{index}"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+_FIELD = re.compile(r"^metadata\.(annotations|labels)\['(?P<key>[^']+)'\]$")
+
+
+def container_env(pod: Obj) -> dict[str, str]:
+    """What a kubelet puts in the container's environment from the pod spec: HOSTNAME, each ``value``,
+    and downward-API ``fieldRef``s (a missing annotation gives ""). Secrets are not faked: they fail."""
+    env = {"HOSTNAME": pod["spec"]["hostname"]}
+    meta = pod["metadata"]
+    for var in pod["spec"]["containers"][0].get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        path = var["valueFrom"]["fieldRef"]["fieldPath"]  # KeyError for secretKeyRef: not faked
+        match = _FIELD.match(path)
+        if match:
+            env[var["name"]] = meta.get(match[1], {}).get(match["key"], "")
+        else:
+            env[var["name"]] = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"]}[path]
+    return env
 
 
 def _send(req: BaseHTTPRequestHandler, code: int, body: Obj | bytes, content_type: str = "application/json") -> None:
