@@ -142,6 +142,9 @@ def main():
         if args.sleep:
             time.sleep(args.sleep)
 
+    # Every worker prints this: under dist_sync they pull the same weights, so it is the same number.
+    checksum = sum(float(p.data().astype("float64").sum().asscalar()) for p in net.collect_params().values())
+    print(f"weights checksum={checksum:.6f}", flush=True)
     if chief:
         test_loss, test_acc = evaluate(net, x_test, y_test)
         print(f"test_loss={test_loss:.4f} test_accuracy={test_acc:.4f}", flush=True)

@@ -164,6 +164,8 @@ def main():
         print(f"test_loss={test_loss:.4f} test_accuracy={test_acc:.4f}", flush=True)
         for w in writers.values():
             w.close()
+    # Every replica prints this: under DDP they hold the same weights, so it is the same number.
+    print(f"weights checksum={sum(p.double().sum().item() for p in net.parameters()):.6f}", flush=True)
     if world > 1:
         dist.barrier()  # no replica leaves while rank 0 still writes its last checkpoint
         dist.destroy_process_group()
