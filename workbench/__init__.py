@@ -6,13 +6,29 @@
 
 from __future__ import annotations
 
-from workbench.api import job, jobs, submit, tensorboard
+from workbench.api import (
+    job,
+    jobs,
+    label,
+    models,
+    predict,
+    prediction_summary,
+    promote,
+    rollback,
+    split,
+    submit,
+    tensorboard,
+)
 from workbench.errors import (
     CheckpointError,
     JobNotFound,
+    ModelNotFound,
+    RegistryError,
     ResourceError,
     ServiceError,
+    ServingError,
     SpecError,
+    ValidationError,
     WorkbenchError,
     WorkspaceError,
 )
@@ -24,7 +40,11 @@ __all__ = [
     "CheckpointError",
     "Job",
     "JobNotFound",
+    "ModelNotFound",
+    "RegistryError",
     "ResourceError",
+    "ServingError",
+    "ValidationError",
     "ServiceError",
     "SpecError",
     "WorkbenchError",
@@ -33,4 +53,11 @@ __all__ = [
     "jobs",
     "submit",
     "tensorboard",
+    "label",
+    "models",
+    "predict",
+    "prediction_summary",
+    "promote",
+    "rollback",
+    "split",
 ]

@@ -85,3 +85,72 @@ def tensorboard(job: Job | str | None = None) -> Any:
 
         display(HTML(f'<a href="{url}" target="_blank">Open TensorBoard: {url}</a>'))
     return url
+
+
+# ---------------------------------------------------------------- serving (workbench.registry, workbench.serving)
+
+
+def promote(job: Any = None, model: str | None = None, checkpoint: Any = "latest", *, wait: float = 60, **options: Any) -> Any:
+    """Export a job's checkpoint, validate it in a fresh process, publish it as the next version of ``model``.
+
+    ``checkpoint``: "latest", "best" (``metric="val_accuracy"``, ``mode="max"``), a step or a path; ``builder``,
+    ``framework``, ``sample``, ``label``, ``live``: see :func:`workbench.registry.promote.promote`. When a model
+    server runs for the workspace, waits up to ``wait`` s until it serves the new version (0: do not wait).
+    Returns the :class:`~workbench.registry.ModelVersion`.
+    """
+    from workbench.errors import ServingError
+    from workbench.registry import promote as _promote
+    from workbench.serving import client
+
+    version = _promote(job, model, checkpoint, **options)
+    if wait:
+        try:
+            url = client.server_url()
+        except ServingError:
+            return version
+        client.notify(url)
+        if not client.wait_available(url, version.model, version.version, wait):
+            print(f"note: the model server at {url} does not serve {version.model} version {version.version} yet")
+    return version
+
+
+def predict(model: str, instances: Any = None, **options: Any) -> Any:
+    """Predict through the model server: ``instances`` (row format) or ``inputs=`` (columnar); ``version=``, ``label=``, ``url=``."""
+    from workbench.serving.client import predict as _predict
+
+    return _predict(model, instances, **options)
+
+
+def models() -> dict[str, Any]:
+    """Every model of the workspace: versions (run, step, metrics), live version, labels, traffic split."""
+    from workbench.registry import models as _models
+
+    return _models()
+
+
+def rollback(model: str, version: int | str | None = None) -> int:
+    """Send unversioned traffic back to ``version`` (default: the one before the live one); return it."""
+    from workbench.registry import rollback as _rollback
+
+    return _rollback(model, version)
+
+
+def label(model: str, name: str, version: int | str | None) -> None:
+    """Point label ``name`` ("stable", "canary"...) at ``version``; ``None`` removes it."""
+    from workbench.registry import label as _label
+
+    _label(model, name, version)
+
+
+def split(model: str, weights: dict[str, float] | None) -> None:
+    """Split unversioned traffic by weight among labels or versions, e.g. ``{"stable": 90, "canary": 10}``."""
+    from workbench.registry import split as _split
+
+    _split(model, weights)
+
+
+def prediction_summary(model: str | None = None, since: float | None = None) -> dict[str, Any]:
+    """Summary of the server's prediction log: requests, latency percentiles, output distribution per version."""
+    from workbench.serving.predlog import summary
+
+    return summary(model=model, since=since)

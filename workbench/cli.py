@@ -136,6 +136,53 @@ def cmd_checkpoints(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    checkpoint = int(a.checkpoint) if a.checkpoint.isdigit() else a.checkpoint
+    v = api.promote(
+        a.job, a.model, checkpoint, metric=a.metric, mode=a.mode, builder=a.builder, framework=a.framework,
+        label=a.label, live=not a.no_live, wait=a.wait,
+    )
+    metrics = "  ".join(f"{k}={x:.4g}" for k, x in sorted(v.source.get("metrics", {}).items()))
+    print(f"{v.model} version {v.version}  (step {v.source.get('step')}  {metrics})  {v.path}")
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    if a.rollback is not None or a.label or a.split is not None:
+        if not a.name:
+            raise WorkbenchError("name the model to change: workbench models NAME --rollback/--label/--split")
+        for item in a.label or []:
+            key, _, version = item.partition("=")
+            api.label(a.name, key, version or None)
+        if a.split is not None:
+            pairs = [p.partition("=") for p in a.split.split(",") if p]
+            api.split(a.name, {k: float(w) for k, _, w in pairs} or None)
+        if a.rollback is not None:
+            print(f"{a.name}: version {api.rollback(a.name, a.rollback or None)} is live")
+    for name, m in api.models().items():
+        if a.name and name != a.name:
+            continue
+        labels = "  ".join(f"{k}={v}" for k, v in sorted(m["labels"].items()))
+        traffic = f"  traffic {m['traffic']}" if m["traffic"] else ""
+        print(f"{name}  live {m['live']}  {labels}{traffic}")
+        for v, info in m["versions"].items():
+            metrics = "  ".join(f"{k}={x:.4g}" for k, x in sorted(info["metrics"].items()))
+            flag = " (rolled back)" if info["rolled_back"] else ""
+            print(f"  {v:>4}  {_age(info['created'])}  {info['run_id'] or '-'}  step {info['step']}  {metrics}{flag}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from workbench.serving.server import serve
+
+    serve(a.host, a.port, poll=a.poll, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, log_sample=a.log_sample)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="ML experimentation workbench")
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,6 +233,35 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("job")
     s.add_argument("--timeout", type=float)
     s.set_defaults(fn=cmd_wait)
+
+    s = sub.add_parser("promote", help="export a job's checkpoint, validate it, publish it as a model version")
+    s.add_argument("job", help="job id (or unique prefix)")
+    s.add_argument("--model", help="model name (default: the job's name)")
+    s.add_argument("--checkpoint", default="latest", help="latest, best, a step number or a path")
+    s.add_argument("--metric", help="metric for --checkpoint best (default: val_accuracy if logged)")
+    s.add_argument("--mode", choices=["max", "min"], help="best is the max or min of --metric")
+    s.add_argument("--builder", help="module:function that builds the model (weights-only checkpoints)")
+    s.add_argument("--framework", help="default: the job's")
+    s.add_argument("--label", help="also point this label (e.g. canary) at the new version")
+    s.add_argument("--no-live", action="store_true", help="publish without sending unversioned traffic to it")
+    s.add_argument("--wait", type=float, default=60, help="seconds to wait for the running server to serve it")
+    s.set_defaults(fn=cmd_promote)
+
+    s = sub.add_parser("models", help="list models and versions; roll back, label, split traffic")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--rollback", nargs="?", const="", metavar="VERSION", help="serve the previous (or this) version")
+    s.add_argument("--label", action="append", metavar="LABEL=VERSION", help="set a label; LABEL= removes it")
+    s.add_argument("--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("serve", help="run the model server (TF Serving REST + KServe V2) over the workspace's models/")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--poll", type=float, help="seconds between scans of models/ (WORKBENCH_SERVE_POLL)")
+    s.add_argument("--max-batch", type=int, help="rows per batched model call (WORKBENCH_SERVE_MAX_BATCH)")
+    s.add_argument("--max-wait-ms", type=float, help="ms a batch waits for more requests (WORKBENCH_SERVE_MAX_WAIT_MS)")
+    s.add_argument("--log-sample", type=float, help="fraction of predictions logged (WORKBENCH_SERVE_LOG_SAMPLE)")
+    s.set_defaults(fn=cmd_serve)
     return p
 
 

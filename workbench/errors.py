@@ -32,3 +32,26 @@ class CheckpointError(WorkbenchError):
 
 class ServiceError(WorkbenchError):
     """A workbench service (JupyterLab, TensorBoard, server) failed to start or stop."""
+
+
+class RegistryError(WorkbenchError):
+    """A model registry request is wrong: unknown model, version or label, bad checkpoint choice, export failure."""
+
+
+class ModelNotFound(RegistryError, KeyError):
+    """No model (or version, or label) with that name in this workspace."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "model not found"
+
+
+class ValidationError(RegistryError):
+    """A new model version failed the validation gate (loaded in a fresh process, run on a sample); nothing was published."""
+
+
+class ServingError(WorkbenchError):
+    """The model server answered a request with an error (``status`` holds the HTTP status) or cannot be reached."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

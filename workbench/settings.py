@@ -35,6 +35,13 @@ CODE_SNAPSHOT_MAX_MB = Setting("WORKBENCH_CODE_MAX_MB", "50", "size cap of a job
 KILL_GRACE_S = Setting("WORKBENCH_KILL_GRACE", "5", "seconds between SIGTERM and SIGKILL when stopping replicas")
 GPU_COUNT = Setting("WORKBENCH_GPUS", "", "GPUs on this machine; empty means ask nvidia-smi")
 SERVE_POLL_S = Setting("WORKBENCH_SERVE_POLL", "0.5", "seconds between the model server's scans of models/")
+SERVER_URL = Setting("WORKBENCH_SERVER_URL", "", "model server predict() talks to; empty: the one `workbench up` runs")
+SERVE_MAX_BATCH = Setting("WORKBENCH_SERVE_MAX_BATCH", "64", "most rows the model server runs in one batched model call")
+SERVE_MAX_WAIT_MS = Setting("WORKBENCH_SERVE_MAX_WAIT_MS", "0", "ms a batch waits for more requests (0: only those queued)")
+SERVE_MAX_BODY_MB = Setting("WORKBENCH_SERVE_MAX_BODY_MB", "16", "largest request body the model server accepts, in MB")
+SERVE_KEEP_VERSIONS = Setting("WORKBENCH_SERVE_KEEP", "2", "newest versions per model kept loaded besides labeled ones")
+SERVE_LOG_SAMPLE = Setting("WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite")
+PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",
     "",

@@ -1,0 +1,81 @@
+"""The interface a framework plugin implements (export for the registry, load for the server).
+
+A plugin is a class with a no-argument constructor, registered by name in
+:mod:`workbench.registry.frameworks`. Its module must import nothing heavy at
+import time: the framework itself is imported inside the methods, so
+``import workbench`` stays fast and a missing framework gives an install hint.
+
+Where each method runs:
+
+- :meth:`Framework.export` and the validation gate run in one-shot worker
+  processes started with :meth:`Framework.python` (the current interpreter
+  unless the framework lives in another venv, as MXNet does). The worker has
+  ``workbench`` importable (``PYTHONPATH`` is set) and calls the method directly.
+- :meth:`Framework.load` runs in the model server (and in the gate's worker).
+  The :class:`Runtime` it returns may run the model in-process (TensorFlow,
+  PyTorch) or proxy to a worker process of another venv (MXNet): the server
+  only calls ``predict`` (from one batching thread per version) and ``close``.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+from workbench.registry.signature import Signature
+
+
+class Runtime(abc.ABC):
+    """One loaded model version, ready to predict."""
+
+    signature: Signature
+
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a batch: one array per signature input (axis 0 is the batch); one array per output, same batch size.
+
+        Called from a single thread at a time per runtime; may block (release
+        the GIL in the framework call where possible).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook: most runtimes just let go of the model
+        """Free what the runtime holds (e.g. stop its worker process). Called once, after its last predict."""
+
+
+class Framework(abc.ABC):
+    """Export checkpoints of one framework to its serving format, and load that format for inference."""
+
+    name: str = ""
+    format: str = ""  # the serving format written by export, e.g. "tf_saved_model"
+
+    def python(self) -> str | None:
+        """Interpreter for export and validation workers; ``None``: the current one."""
+        return None
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Import the framework (called when a worker starts, before it gets work, so warm workers answer fast)."""
+
+    @abc.abstractmethod
+    def detect_checkpoint(self, path: Path) -> bool:
+        """Whether ``path`` looks like a checkpoint of this framework (used when a job names no framework)."""
+
+    @abc.abstractmethod
+    def detect_export(self, version_dir: Path) -> bool:
+        """Whether ``version_dir`` holds this framework's serving format (versions dropped in by hand)."""
+
+    @abc.abstractmethod
+    def export(self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None) -> Signature:
+        """Write ``checkpoint`` in the serving format into ``dest`` (an empty folder); return its signature.
+
+        ``builder`` names a model-building function (``"module:function"`` or
+        ``"path/to/file.py:function"``) for weights-only checkpoints; ``code_dir``
+        is the job's code snapshot, searched first for it. Raise
+        :class:`~workbench.errors.RegistryError` (or a subclass) with a message
+        that says what to do when the checkpoint cannot be exported.
+        """
+
+    @abc.abstractmethod
+    def load(self, version_dir: Path) -> Runtime:
+        """Load an exported version for inference."""

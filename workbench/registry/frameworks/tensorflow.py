@@ -1,0 +1,217 @@
+"""TensorFlow / Keras: export to a SavedModel (the layout TF Serving loads), load it for inference.
+
+Checkpoints taken as they are written naturally:
+
+- a full Keras model: ``.keras`` (``model.save``, ``ModelCheckpoint``) or legacy ``.h5``;
+- a SavedModel folder with a ``serving_default`` signature (copied as is);
+- weights only, with a ``builder`` that builds the model: ``*.weights.h5``
+  (``model.save_weights``) or a ``tf.train.Checkpoint`` prefix / folder whose
+  root tracks the model as ``model`` (``tf.train.Checkpoint(model=model, ...)``).
+
+Keras models are exported with one ``serving_default`` signature whose inputs
+and outputs carry the model's input and output layer names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import CheckpointError, RegistryError
+from workbench.registry.builder import resolve_builder
+from workbench.registry.frameworks.base import Framework, Runtime
+from workbench.registry.signature import Signature, TensorSpec
+
+SIGNATURE_KEY = "serving_default"
+
+
+class TensorFlow(Framework):
+    name = "tensorflow"
+    format = "tf_saved_model"
+
+    def prepare(self) -> None:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+    def detect_checkpoint(self, path: Path) -> bool:
+        return (
+            path.suffix in (".keras", ".h5", ".hdf5")
+            or (path.is_dir() and ((path / "saved_model.pb").exists() or (path / "checkpoint").exists()))
+            or Path(f"{path}.index").exists()
+        )
+
+    def detect_export(self, version_dir: Path) -> bool:
+        return (version_dir / "saved_model.pb").is_file()
+
+    def export(self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None) -> Signature:
+        if checkpoint.is_dir() and (checkpoint / "saved_model.pb").exists():
+            shutil.copytree(checkpoint, dest, dirs_exist_ok=True)
+            return read_signature(dest)
+        model = self._load_model(checkpoint, builder, code_dir)
+        export_keras(model, dest)
+        return read_signature(dest)
+
+    def load(self, version_dir: Path) -> Runtime:
+        return SavedModelRuntime(version_dir)
+
+    def _load_model(self, checkpoint: Path, builder: str | None, code_dir: Path | None) -> Any:
+        import keras
+
+        name = checkpoint.name
+        weights_only = name.endswith(".weights.h5") or _tf_checkpoint_prefix(checkpoint) is not None
+        if not weights_only and checkpoint.suffix in (".keras", ".h5", ".hdf5"):
+            try:
+                return keras.models.load_model(checkpoint, compile=False)
+            except Exception as e:
+                if builder is None:
+                    raise CheckpointError(
+                        f"cannot load {checkpoint} as a full Keras model ({type(e).__name__}: {e}); if it holds "
+                        "weights only, pass builder='module:function' that builds the model"
+                    ) from e
+                weights_only = True
+        if not weights_only:
+            raise CheckpointError(
+                f"{checkpoint} is not a checkpoint TensorFlow export knows: expected a .keras file, a SavedModel "
+                "folder, a .weights.h5 file or a tf.train.Checkpoint prefix"
+            )
+        if builder is None:
+            raise CheckpointError(
+                f"{checkpoint} holds weights only; pass builder='module:function' (e.g. 'model:build_lenet') that "
+                "returns the model, or save full models (model.save('ckpt-0001.keras'))"
+            )
+        model = resolve_builder(builder, code_dir)()
+        _restore_weights(model, checkpoint)
+        return model
+
+
+def _tf_checkpoint_prefix(path: Path) -> str | None:
+    import os
+
+    if Path(f"{path}.index").exists():
+        return str(path)
+    if path.is_dir() and (path / "checkpoint").exists():
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(os.fspath(path))  # type: ignore[no-any-return]
+    return None
+
+
+def _restore_weights(model: Any, checkpoint: Path) -> None:
+    try:
+        if checkpoint.name.endswith(".h5"):
+            model.load_weights(checkpoint)
+            return
+        import tensorflow as tf
+
+        prefix = _tf_checkpoint_prefix(checkpoint)
+        status = tf.train.Checkpoint(model=model).restore(prefix)
+        status.expect_partial()  # the optimizer's slots are not wanted for serving
+        status.assert_existing_objects_matched()
+    except Exception as e:
+        raise CheckpointError(
+            f"the weights in {checkpoint} do not fit the model the builder returned ({type(e).__name__}: {e}); "
+            "a tf.train.Checkpoint must track the model as 'model' (tf.train.Checkpoint(model=model, ...))"
+        ) from e
+
+
+def export_keras(model: Any, dest: Path) -> None:
+    """Write ``model`` as a SavedModel whose ``serving_default`` names inputs and outputs after the model's layers."""
+    import tensorflow as tf
+
+    inputs = list(model.inputs)
+    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=_tensor_name(t, i, "input")) for i, t in enumerate(inputs)]
+    names = [s.name for s in specs]
+    output_names = _output_names(model)
+
+    def serve(*args: Any) -> dict[str, Any]:
+        x = args[0] if len(args) == 1 else dict(zip(names, args, strict=True)) if _takes_dict(model) else list(args)
+        y = model(x, training=False)
+        ys = list(y.values()) if isinstance(y, dict) else list(y) if isinstance(y, (list, tuple)) else [y]
+        return dict(zip(output_names, ys, strict=True))
+
+    module = tf.Module()
+    module.model = model  # tracks the variables
+    module.serve = tf.function(serve, input_signature=specs)
+    tf.saved_model.save(module, str(dest), signatures={SIGNATURE_KEY: module.serve.get_concrete_function()})
+
+
+def _output_names(model: Any) -> list[str]:
+    """The layers that produce the outputs name them (``output_i`` when they clash or are unknown)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if not names:
+        for t in model.outputs:
+            history = getattr(t, "_keras_history", None)
+            names.append(str(history[0].name) if history else "")
+    if len(set(names)) != len(names) or not all(names):
+        names = [f"output_{i}" for i in range(len(model.outputs))]
+    return names
+
+
+def _tensor_name(t: Any, i: int, kind: str) -> str:
+    name = str(getattr(t, "name", "") or f"{kind}_{i}")
+    return name.split(":")[0].replace("/", "_")
+
+
+def _takes_dict(model: Any) -> bool:
+    return isinstance(getattr(model, "_inputs_struct", None), dict)
+
+
+def read_signature(version_dir: Path) -> Signature:
+    """The ``serving_default`` signature of a SavedModel, read from ``saved_model.pb`` (nothing is loaded)."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    except Exception as e:
+        raise RegistryError(f"{version_dir} is not a readable SavedModel: {e}") from e
+    defs = proto.meta_graphs[0].signature_def if proto.meta_graphs else {}
+    if SIGNATURE_KEY not in defs:
+        raise RegistryError(
+            f"the SavedModel in {version_dir} has no {SIGNATURE_KEY!r} signature (has: {', '.join(defs) or 'none'}); "
+            "export it with model.export(path) or tf.saved_model.save(obj, path, signatures=...)"
+        )
+    sig = defs[SIGNATURE_KEY]
+
+    def specs(infos: Any) -> tuple[TensorSpec, ...]:
+        out = []
+        for key in infos:
+            info = infos[key]
+            dtype = tf.dtypes.as_dtype(info.dtype)
+            np_name = "object" if dtype == tf.string else np.dtype(dtype.as_numpy_dtype).name
+            dims = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+            out.append(TensorSpec(key, np_name, dims))
+        return tuple(out)
+
+    tensor_names = {
+        "inputs": {k: sig.inputs[k].name for k in sig.inputs},
+        "outputs": {k: sig.outputs[k].name for k in sig.outputs},
+    }
+    return Signature(
+        specs(sig.inputs), specs(sig.outputs), "predict", {"signature_name": SIGNATURE_KEY, "tensor_names": tensor_names}
+    )
+
+
+class SavedModelRuntime(Runtime):
+    """A SavedModel's ``serving_default`` function, called eagerly (TF releases the GIL while it computes)."""
+
+    def __init__(self, version_dir: Path):
+        import tensorflow as tf
+
+        self.signature = read_signature(version_dir)
+        self._loaded = tf.saved_model.load(str(version_dir))
+        self._fn = self._loaded.signatures[SIGNATURE_KEY]
+        self._tf = tf
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tf = self._tf
+        out = self._fn(**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    def close(self) -> None:
+        self._fn = None
+        self._loaded = None

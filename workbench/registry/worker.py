@@ -1,0 +1,183 @@
+"""One-shot worker processes that export a checkpoint or validate an exported version.
+
+``python -m workbench.registry.worker FRAMEWORK`` imports the framework (the
+slow part, seconds for TensorFlow), then reads one JSON request from stdin,
+does it, answers one JSON line and exits. A process is used once, so the
+validation gate always loads the new version in a fresh process, and export
+runs in the framework's own interpreter (another venv for MXNet).
+
+The pool keeps one idle, already-imported worker per role and framework
+(``WORKBENCH_PROMOTE_WARM``), so a later promote does not wait for the import;
+an idle worker exits when its parent does or after ``IDLE_EXIT_S``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench import settings
+from workbench.errors import CheckpointError, RegistryError, ValidationError
+
+IDLE_EXIT_S = 900
+_RESULT = "@@workbench-worker-result "
+
+
+# ---------------------------------------------------------------- inside the worker
+
+
+def _export(framework: Any, req: dict[str, Any]) -> dict[str, Any]:
+    code_dir = Path(req["code_dir"]) if req.get("code_dir") else None
+    sig = framework.export(Path(req["checkpoint"]), Path(req["dest"]), builder=req.get("builder"), code_dir=code_dir)
+    return {"signature": sig.to_dict()}
+
+
+def _validate(framework: Any, req: dict[str, Any]) -> dict[str, Any]:
+    from workbench.registry.validation import check_outputs, sample_inputs
+
+    t0 = time.perf_counter()
+    runtime = framework.load(Path(req["dir"]))
+    loaded = time.perf_counter() - t0
+    inputs = sample_inputs(runtime.signature, req.get("sample"))
+    outputs = runtime.predict(inputs)
+    check_outputs(runtime.signature, inputs, outputs)
+    runtime.close()
+    return {
+        "signature": runtime.signature.to_dict(),
+        "load_s": round(loaded, 3),
+        "total_s": round(time.perf_counter() - t0, 3),
+        "sample_shapes": {k: list(v.shape) for k, v in inputs.items()},
+        "output_shapes": {k: list(v.shape) for k, v in outputs.items()},
+    }
+
+
+OPS = {"export": _export, "validate": _validate}
+
+
+def main(argv: list[str]) -> int:
+    from workbench.registry.frameworks import get_framework
+
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the framework or user code prints goes to the log, not into our answer
+    sys.stdout = sys.stderr
+    try:
+        framework = get_framework(argv[0])
+        framework.prepare()
+        ready, _, _ = select.select([sys.stdin], [], [], IDLE_EXIT_S)
+        line = sys.stdin.readline() if ready else ""
+        if not line:
+            return 0  # parent gone or idle too long
+        req = json.loads(line)
+        answer: dict[str, Any] = {"ok": True, "result": OPS[req["op"]](framework, req)}
+    except Exception as e:  # reported to the parent, which raises the right error
+        answer = {"ok": False, "error": f"{e}" if _own(e) else f"{type(e).__name__}: {e}", "type": type(e).__name__}
+    out.write(_RESULT + json.dumps(answer) + "\n")
+    out.flush()
+    return 0
+
+
+def _own(e: Exception) -> bool:
+    from workbench.errors import WorkbenchError
+
+    return isinstance(e, WorkbenchError)
+
+
+# ---------------------------------------------------------------- in the caller
+
+
+class _Worker:
+    def __init__(self, framework: str, python: str | None):
+        self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
+        root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self.proc = subprocess.Popen(
+            [python or sys.executable, "-m", "workbench.registry.worker", framework],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
+        )
+
+    def usable(self) -> bool:
+        return self.proc.poll() is None
+
+    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            out, _ = self.proc.communicate(json.dumps(request) + "\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise RegistryError(f"{request['op']} took longer than {timeout:.0f} s and was stopped") from None
+        answers = [line[len(_RESULT):] for line in out.splitlines() if line.startswith(_RESULT)]
+        if not answers:
+            raise RegistryError(
+                f"the {request['op']} worker died (exit code {self.proc.returncode}) without answering; "
+                f"its log ends with:\n{self.log_tail()}"
+            )
+        return json.loads(answers[-1])  # type: ignore[no-any-return]
+
+    def log_tail(self, n: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-n:]
+
+    def discard(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WorkerPool:
+    """Hands out one-shot workers; keeps one spare per (role, framework, interpreter) when warm workers are on."""
+
+    def __init__(self) -> None:
+        self._spares: dict[tuple[str, str, str | None], _Worker] = {}
+        self._lock = threading.Lock()
+
+    def take(self, role: str, framework: str, python: str | None) -> _Worker:
+        with self._lock:
+            spare = self._spares.pop((role, framework, python), None)
+        if spare is not None and spare.usable():
+            return spare
+        return _Worker(framework, python)
+
+    def replenish(self, role: str, framework: str, python: str | None) -> None:
+        if settings.PROMOTE_WARM.get() in ("0", "false", "no"):
+            return
+        with self._lock:
+            key = (role, framework, python)
+            if key not in self._spares or not self._spares[key].usable():
+                self._spares[key] = _Worker(framework, python)
+
+    def shutdown(self) -> None:
+        """Stop the idle workers (they also exit on their own when this process ends)."""
+        with self._lock:
+            spares, self._spares = list(self._spares.values()), {}
+        for w in spares:
+            w.discard()
+
+
+POOL = WorkerPool()
+
+
+def run(role: str, framework: str, python: str | None, request: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Run ``request`` in a fresh worker; return its result or raise the error it reported."""
+    worker = POOL.take(role, framework, python)
+    try:
+        answer = worker.call(request, timeout)
+    finally:
+        worker.discard()
+    if not answer["ok"]:
+        error = CheckpointError if answer.get("type") == "CheckpointError" else RegistryError
+        raise (ValidationError if role == "validate" else error)(answer["error"])
+    return answer["result"]  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

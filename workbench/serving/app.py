@@ -1,0 +1,275 @@
+"""The model server's HTTP API as a plain ASGI application (no framework: the per-request cost is ours).
+
+Routes (TF Serving REST, KServe V2, operations)::
+
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]              version status
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata     signature
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict      {"instances": ...} | {"inputs": ...}
+    GET  /v2  /v2/health/live  /v2/health/ready                 server metadata, probes
+    GET  /v2/models/{m}[/versions/{v}][/ready]                  model metadata, readiness
+    POST /v2/models/{m}[/versions/{v}]/infer                    V2 inference
+    GET  /metrics                                               Prometheus
+    POST /workbench/reload                                      rescan models/ now (promote calls it)
+
+Every error is ``{"error": "..."}`` with a 4xx status (5xx only for a model
+that fails at run time); a bad request never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from workbench.errors import WorkbenchError
+from workbench.registry.signature import InputError
+from workbench.serving import tfserving, v2
+from workbench.serving.metrics import ServerMetrics, labels
+from workbench.serving.predlog import PredictionLog
+from workbench.serving.repository import ModelRepository, NotFound, Unavailable
+
+log = logging.getLogger("workbench.serving")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?(?P<rest>/metadata|:[A-Za-z]+)?$")
+_V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+_JSON = [(b"content-type", b"application/json")]
+_DUMP = orjson.OPT_SERIALIZE_NUMPY
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Response:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, raw: bytes | None = None):
+        self.status = status
+        self.body = raw if raw is not None else orjson.dumps(body, option=_DUMP)
+        self.headers = headers or _JSON
+
+
+class ServerApp:
+    """ASGI callable over a :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body: int, prediction_log: PredictionLog | None = None, log_sample: float = 0.0):
+        self.repo = repository
+        self.metrics = metrics
+        self.max_body = max_body
+        self.predlog = prediction_log
+        self.log_sample = log_sample
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            response = await self._route(scope, receive)
+        except HTTPError as e:
+            response = Response({"error": e.message}, e.status)
+        except Exception as e:  # a bug of ours: answer, log, keep serving
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            response = Response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _route(self, scope: Scope, receive: Receive) -> Response:
+        method, path = scope["method"], scope["path"]
+        m = _V1.match(path)
+        if m:
+            return await self._v1(method, m, scope, receive)
+        m = _V2.match(path)
+        if m:
+            return await self._v2(method, m, scope, receive)
+        simple = {
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/v2/health/live"): lambda: Response({"live": True}),
+            ("GET", "/v2/health/ready"): self._ready,
+            ("GET", "/v2"): lambda: Response({"name": "workbench", "version": "0.1.0", "extensions": []}),
+            ("GET", "/"): lambda: Response({"models": sorted(self.repo.models()), "ready": self.repo.ready.is_set()}),
+            ("POST", "/workbench/reload"): self._reload,
+        }
+        handler = simple.get((method, path))
+        if handler is not None:
+            return handler()  # type: ignore[no-any-return]
+        if any(p == path for _, p in simple):
+            raise HTTPError(405, f"{method} is not allowed on {path}")
+        raise HTTPError(404, f"no endpoint {method} {path}; see /v1/models/<model>[:predict] or /v2/models/<model>/infer")
+
+    # ------------------------------------------------------------------ TF Serving
+
+    async def _v1(self, method: str, m: re.Match[str], scope: Scope, receive: Receive) -> Response:
+        name, label, rest = m["name"], m["label"], m["rest"]
+        version = _version(m["version"])
+        if rest is None or rest == "/metadata":
+            _allow(method, "GET", scope["path"])
+            state = self._state(name)
+            if rest == "/metadata":
+                s = self._pick(name, version, label)
+                return Response(tfserving.metadata_body(name, s.version, s.signature))
+            rows = [(v, "AVAILABLE", "") for v in state.servables]
+            rows += [(v, "LOADING", "") for v in state.loading]
+            rows += [(v, "END", e) for v, e in state.failed.items()]
+            if label is not None:
+                version = self._pick(name, None, label).version
+            if version is not None:
+                rows = [r for r in rows if r[0] == version]
+                if not rows:
+                    raise HTTPError(404, f"model {name!r} has no version {version}; versions: {sorted(state.servables)}")
+            return Response(tfserving.status_body(rows))
+        if rest != ":predict":
+            raise HTTPError(400, f"{rest[1:]!r} is not supported; this server answers :predict")
+        _allow(method, "POST", scope["path"])
+        body = await self._json(scope, receive)
+        t0 = time.perf_counter()
+        servable = self._pick(name, version, label)
+        try:
+            inputs, fmt = tfserving.parse_predict(body, servable.signature)
+        except InputError as e:
+            self._count(name, servable.version, "rest", 400)
+            raise HTTPError(400, str(e)) from None
+        servable, outputs = await self._run(servable, inputs, version, label)
+        response = Response(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
+        self._observe(name, servable.version, "rest", t0, inputs, outputs)
+        return response
+
+    # ------------------------------------------------------------------ KServe V2
+
+    async def _v2(self, method: str, m: re.Match[str], scope: Scope, receive: Receive) -> Response:
+        name, rest = m["name"], m["rest"]
+        version = _version(m["version"])
+        if rest != "/infer":
+            _allow(method, "GET", scope["path"])
+            state = self._state(name)
+            if rest == "/ready":
+                ready = version in state.servables if version is not None else state.live() is not None
+                return Response({"name": name, "ready": ready}, 200 if ready else 503)
+            s = self._pick(name, version, None)
+            return Response(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
+        _allow(method, "POST", scope["path"])
+        body = await self._json(scope, receive)
+        t0 = time.perf_counter()
+        servable = self._pick(name, version, None)
+        try:
+            inputs, wanted = v2.parse_infer(body, servable.signature)
+        except InputError as e:
+            self._count(name, servable.version, "v2", 400)
+            raise HTTPError(400, str(e)) from None
+        servable, outputs = await self._run(servable, inputs, version, None)
+        request_id = body.get("id") if isinstance(body, dict) else None
+        response = Response(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
+                            headers=self._headers(servable.version))
+        self._observe(name, servable.version, "v2", t0, inputs, outputs)
+        return response
+
+    # ------------------------------------------------------------------ shared
+
+    def _state(self, name: str) -> Any:
+        try:
+            return self.repo.state(name)
+        except NotFound as e:
+            raise HTTPError(404, str(e)) from None
+
+    def _pick(self, name: str, version: int | None, label: str | None) -> Any:
+        try:
+            return self.repo.resolve(name, version, label)
+        except NotFound as e:
+            raise HTTPError(404, str(e)) from None
+        except Unavailable as e:
+            raise HTTPError(503, str(e)) from None
+
+    async def _run(self, servable: Any, inputs: Any, version: int | None, label: str | None) -> Any:
+        try:
+            return await self.repo.run(servable, inputs, version, label)
+        except (NotFound, Unavailable) as e:
+            raise HTTPError(503, str(e)) from None
+        except WorkbenchError as e:
+            raise HTTPError(400, str(e)) from None
+        except Exception as e:
+            self._count(servable.model, servable.version, "model", 500)
+            raise HTTPError(500, f"the model failed on this input: {type(e).__name__}: {e}") from None
+
+    async def _json(self, scope: Scope, receive: Receive) -> Any:
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                raise HTTPError(413, f"request body of {int(value)} bytes is over the limit of {self.max_body}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise HTTPError(413, f"request body is over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        if not raw:
+            raise HTTPError(400, "empty body; send a JSON object")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise HTTPError(400, f"malformed JSON: {e}") from None
+
+    def _headers(self, version: int) -> list[tuple[bytes, bytes]]:
+        return [*_JSON, (b"x-model-version", str(version).encode())]
+
+    def _count(self, model: str, version: int, protocol: str, code: int) -> None:
+        self.metrics.requests.inc(labels(model, version, protocol=protocol, code=str(code)))
+
+    def _observe(self, model: str, version: int, protocol: str, t0: float, inputs: Any, outputs: Any) -> None:
+        elapsed = time.perf_counter() - t0
+        self._count(model, version, protocol, 200)
+        self.metrics.latency.observe(labels(model, version), elapsed)
+        if self.predlog is not None and random.random() < self.log_sample:
+            self.predlog.record(model, version, protocol, elapsed, inputs, outputs)
+
+    def _metrics(self) -> Response:
+        return Response(None, headers=[(b"content-type", b"text/plain; version=0.0.4")], raw=self.metrics.render().encode())
+
+    def _ready(self) -> Response:
+        ready = self.repo.ready.is_set()
+        return Response({"ready": ready}, 200 if ready else 503)
+
+    def _reload(self) -> Response:
+        self.repo.wake()
+        return Response({"reloading": True})
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise HTTPError(400, f"version must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _allow(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise HTTPError(405, f"{method} is not allowed on {path}; use {allowed}")
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,323 @@
+"""What the server serves: the loaded versions of each model, kept in step with ``models/`` (hot swap).
+
+A watcher thread scans ``models/`` every poll interval (or at once when woken
+by ``POST /workbench/reload``). When a model's ``model.json`` or version
+folders change it loads the versions that should serve, warms each up with a
+few predictions, and only then swaps in a new immutable :class:`ModelState`.
+Requests resolve a :class:`Servable` from the state they see; one that was
+swapped out finishes what is queued before it stops, so requests in flight
+complete on the old version and none fails. A version that does not load is
+logged, counted and skipped until its folder changes; the others keep serving.
+
+Which versions are loaded: the live one, every labeled one, those in the
+traffic split, and the newest ``keep`` that load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+from workbench.registry import frameworks
+from workbench.registry.frameworks.base import Runtime
+from workbench.registry.signature import Signature
+from workbench.registry.store import VERSION_JSON, live_version, read_model_json, version_dirs
+from workbench.registry.validation import check_outputs
+from workbench.serving.batching import Batcher, Closed, Inputs, Outputs
+from workbench.serving.metrics import ServerMetrics, labels
+from workbench.workspace import Workspace, read_json
+
+log = logging.getLogger("workbench.serving")
+
+
+class NotFound(WorkbenchError):
+    """No such model, version or label (HTTP 404)."""
+
+
+class Unavailable(WorkbenchError):
+    """The version exists but is not ready to serve (HTTP 503)."""
+
+
+@dataclass
+class Servable:
+    """One loaded model version and its batcher."""
+
+    model: str
+    version: int
+    framework: str
+    runtime: Runtime
+    batcher: Batcher
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def signature(self) -> Signature:
+        return self.runtime.signature
+
+    def retire(self) -> None:
+        """Stop after the queued requests have run, then free the model (in the background)."""
+        self.batcher.close()
+
+        def finish() -> None:
+            self.batcher.join(60)
+            self.runtime.close()
+
+        threading.Thread(target=finish, name=f"retire-{self.model}-{self.version}", daemon=True).start()
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model as the server sees it at one moment; replaced whole, never changed."""
+
+    name: str
+    data: dict[str, Any]
+    servables: dict[int, Servable]
+    failed: dict[int, str]
+    loading: frozenset[int] = frozenset()
+
+    def live(self) -> int | None:
+        return live_version(self.data, set(self.servables))
+
+    def pick(self, version: int | None = None, label: str | None = None) -> Servable:
+        if label is not None:
+            if label not in self.data["labels"]:
+                known = ", ".join(sorted(self.data["labels"])) or "none"
+                raise NotFound(f"model {self.name!r} has no label {label!r}; labels: {known}")
+            version = int(self.data["labels"][label])
+        elif version is None:
+            version = self._split() or self.live()
+            if version is None:
+                raise Unavailable(f"model {self.name!r} has no version that loaded; {self._failures()}")
+        if version in self.servables:
+            return self.servables[version]
+        if version in self.loading:
+            raise Unavailable(f"version {version} of model {self.name!r} is still loading; try again shortly")
+        if version in self.failed:
+            raise NotFound(f"version {version} of model {self.name!r} failed to load: {self.failed[version]}")
+        serving = ", ".join(map(str, sorted(self.servables))) or "none"
+        raise NotFound(f"model {self.name!r} has no loaded version {version}; loaded versions: {serving}")
+
+    def _split(self) -> int | None:
+        traffic = self.data.get("traffic") or {}
+        choices, weights = [], []
+        for ref, weight in traffic.items():
+            v = int(ref) if str(ref).isdigit() else self.data["labels"].get(ref)
+            if v is not None and int(v) in self.servables and weight > 0:
+                choices.append(int(v))
+                weights.append(weight)
+        return random.choices(choices, weights)[0] if choices else None
+
+    def _failures(self) -> str:
+        return "; ".join(f"version {v}: {e}" for v, e in sorted(self.failed.items())) or "none on disk"
+
+
+class ModelRepository:
+    """The models the server serves, loaded from ``workspace/models`` and kept current by a watcher thread."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        metrics: ServerMetrics,
+        *,
+        max_batch: int = 64,
+        max_wait: float = 0.0,
+        keep: int = 2,
+        poll: float = 0.5,
+        warmup_batches: tuple[int, ...] = (1, 8),
+    ):
+        self.workspace = workspace
+        self.metrics = metrics
+        self.max_batch, self.max_wait, self.keep, self.poll = max_batch, max_wait, max(1, keep), poll
+        self.warmup_batches = warmup_batches
+        self.ready = threading.Event()  # set after the first scan
+        self._models: dict[str, ModelState] = {}
+        self._fingerprints: dict[str, Any] = {}
+        self._failed_at: dict[tuple[str, int], int] = {}  # (model, version) -> folder mtime when it failed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- requests
+
+    def models(self) -> dict[str, ModelState]:
+        return self._models
+
+    def state(self, name: str) -> ModelState:
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"model {name!r} not found; models: {', '.join(sorted(self._models)) or 'none'}")
+        return state
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        return self.state(name).pick(version, label)
+
+    async def run(self, servable: Servable, inputs: Inputs, version: int | None = None, label: str | None = None) -> tuple[Servable, Outputs]:
+        """Run ``inputs`` on ``servable`` through its batcher; if it was just swapped out, on what replaced it."""
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            try:
+                future = servable.batcher.submit(inputs, loop)
+            except Closed:  # swapped out between resolve and submit: the new state is already in place
+                servable = self.resolve(servable.model, version, label)
+                continue
+            return servable, await future
+        raise Unavailable(f"model {servable.model!r} is being swapped; try again")
+
+    # -------------------------------------------------------------- watching
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Scan now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for state in self._models.values():
+            for s in state.servables.values():
+                s.retire()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan()
+            except Exception:
+                log.exception("scan of %s failed", self.workspace.models)
+            self.ready.set()
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def scan(self) -> None:
+        """Bring every model in line with disk (only models whose files changed are looked at)."""
+        root = self.workspace.models
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        for name in present:
+            fingerprint = _fingerprint(root / name)
+            if self._fingerprints.get(name) != fingerprint:
+                self._sync(name, root / name)
+                self._fingerprints[name] = fingerprint
+        for name in set(self._models) - set(present):
+            self._drop(name)
+
+    def _sync(self, name: str, model_dir: Path) -> None:
+        try:
+            data = read_model_json(model_dir)
+        except WorkbenchError as e:
+            log.error("model %s: %s; still serving what was loaded", name, e)
+            return
+        on_disk = version_dirs(model_dir)
+        old = self._models.get(name)
+        servables = {v: s for v, s in (old.servables.items() if old else ()) if v in on_disk}
+        failed = {v: e for v, e in (old.failed.items() if old else ()) if v in on_disk}
+        for v in on_disk:
+            if v in failed and self._failed_at.get((name, v)) != _mtime(on_disk[v]):
+                del failed[v]  # the folder changed: try again
+        wanted = self._wanted(data, on_disk, failed)
+        for v in sorted(wanted - set(servables) - set(failed), reverse=True):
+            self._models[name] = ModelState(name, data, dict(servables), dict(failed), frozenset({v}))
+            try:
+                servables[v] = self._load(name, v, on_disk[v], data)
+            except Exception as e:
+                failed[v] = f"{type(e).__name__}: {e}" if not isinstance(e, WorkbenchError) else str(e)
+                self._failed_at[(name, v)] = _mtime(on_disk[v])
+                self.metrics.load_failures.inc(labels(name, v))
+                log.error("model %s version %s could not be loaded, skipped (%s); still serving %s",
+                          name, v, failed[v], sorted(servables) or "nothing")
+        keep = {v: s for v, s in servables.items() if v in wanted}
+        state = ModelState(name, data, keep, failed)
+        self._models[name] = state  # the swap: requests from now on resolve against the new state
+        for v, s in servables.items():
+            if v not in keep:
+                self._retire(name, s)
+        if old is not None:
+            for v, s in old.servables.items():
+                if v not in keep and v not in servables:
+                    self._retire(name, s)
+        live = state.live()
+        if live is not None:
+            self.metrics.live.set(labels(name), live)
+        log.info("model %s: serving versions %s, live %s", name, sorted(keep), live)
+
+    def _wanted(self, data: dict[str, Any], on_disk: dict[int, Path], failed: dict[int, str]) -> set[int]:
+        refs = {int(v) for v in data["labels"].values()}
+        if data.get("live") is not None:
+            refs.add(int(data["live"]))
+        for ref in data.get("traffic") or {}:
+            v = int(ref) if str(ref).isdigit() else data["labels"].get(ref)
+            if v is not None:
+                refs.add(int(v))
+        newest = [v for v in sorted(on_disk, reverse=True) if v not in failed][: self.keep]
+        return (refs | set(newest)) & set(on_disk)
+
+    def _load(self, name: str, version: int, path: Path, data: dict[str, Any]) -> Servable:
+        t0 = time.perf_counter()
+        fw_name = _framework_of(path, data.get("versions", {}).get(str(version), {}))
+        runtime = frameworks.get_framework(fw_name).load(path)
+        try:
+            for rows in sorted({min(b, self.max_batch) for b in self.warmup_batches}):
+                sample = runtime.signature.sample(rows)
+                check_outputs(runtime.signature, sample, runtime.predict(sample))
+        except Exception:
+            runtime.close()
+            raise
+        lab = labels(name, version)
+        batcher = Batcher(
+            runtime.predict, self.max_batch, self.max_wait, name=f"batch-{name}-{version}",
+            on_batch=lambda n: self.metrics.batch_size.observe(lab, n),
+        )
+        seconds = time.perf_counter() - t0
+        self.metrics.load_seconds.observe(labels(name), seconds)
+        self.metrics.loaded.set(lab, 1)
+        log.info("model %s version %s loaded and warmed up in %.2f s", name, version, seconds)
+        return Servable(name, version, fw_name, runtime, batcher)
+
+    def _retire(self, name: str, servable: Servable) -> None:
+        self.metrics.loaded.remove(labels(name, servable.version))
+        servable.retire()
+
+    def _drop(self, name: str) -> None:
+        state = self._models.pop(name)
+        self._fingerprints.pop(name, None)
+        for s in state.servables.values():
+            self._retire(name, s)
+        self.metrics.live.remove(labels(name))
+
+
+def _framework_of(path: Path, entry: dict[str, Any]) -> str:
+    try:
+        return str(read_json(path / VERSION_JSON)["framework"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if entry.get("framework"):
+        return str(entry["framework"])
+    detected = frameworks.detect_export(path)
+    if detected is None:
+        raise WorkbenchError(f"{path} holds no serving format a framework plugin knows ({', '.join(frameworks.known())})")
+    return detected
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _fingerprint(model_dir: Path) -> tuple[Any, ...]:
+    try:
+        st = (model_dir / "model.json").stat()
+        meta: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        meta = None
+    return meta, tuple(sorted((v, _mtime(p)) for v, p in version_dirs(model_dir).items()))

@@ -1,0 +1,65 @@
+"""``workbench serve``: run the model server over the workspace's ``models/`` until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from workbench import settings
+from workbench.serving.app import ServerApp
+from workbench.serving.metrics import ServerMetrics
+from workbench.serving.predlog import PredictionLog, db_path
+from workbench.serving.repository import ModelRepository
+from workbench.workspace import Workspace
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    workspace: Workspace | None = None,
+    *,
+    poll: float | None = None,
+    max_batch: int | None = None,
+    max_wait_ms: float | None = None,
+    keep: int | None = None,
+    log_sample: float | None = None,
+    max_body_mb: float | None = None,
+) -> None:
+    """Serve every model in ``workspace/models`` on ``host:port``; blocks. Unset options come from settings."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ws = (workspace or Workspace.current()).ensure()
+    metrics = ServerMetrics()
+    repo = ModelRepository(
+        ws, metrics,
+        max_batch=max_batch or int(settings.SERVE_MAX_BATCH.get()),
+        max_wait=(max_wait_ms if max_wait_ms is not None else float(settings.SERVE_MAX_WAIT_MS.get())) / 1000.0,
+        keep=keep or int(settings.SERVE_KEEP_VERSIONS.get()),
+        poll=poll or float(settings.SERVE_POLL_S.get()),
+    )
+    sample = log_sample if log_sample is not None else float(settings.SERVE_LOG_SAMPLE.get())
+    predlog = PredictionLog(db_path(ws), on_drop=lambda: metrics.log_dropped.inc()) if sample > 0 else None
+    max_body = int((max_body_mb or float(settings.SERVE_MAX_BODY_MB.get())) * 1024 * 1024)
+    app = ServerApp(repo, metrics, max_body, predlog, sample)
+    repo.start()
+    config = uvicorn.Config(
+        app, host=host, port=port, loop=_loop(), http="httptools", lifespan="on", log_level="warning",
+        access_log=False, backlog=2048, timeout_keep_alive=60,
+    )
+    print(f"serving models from {ws.models} on http://{host}:{port}", flush=True)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        repo.stop()
+        if predlog is not None:
+            predlog.close()
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"
