@@ -89,16 +89,7 @@ class FakeApiServer:
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig whose current context is this fake server, for ``KUBECONFIG``."""
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-            "current-context": "fake",
-        }
-        path.write_text(json.dumps(config))  # JSON is YAML
-        return path
+        return write_kubeconfig(path, self.url, namespace)
 
     # --- the test plays the Job controller and the kubelet -------------------------------------
 
@@ -292,6 +283,20 @@ class FakeApiServer:
                 return _send(req, 200, _status(200, "", "", success=True))
             return _send(req, 200, obj)  # Services and Pods: the deleted object, as the real API answers
         return _send(req, 405, _status(405, "MethodNotAllowed", method))
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Path:
+    """A kubeconfig with one context: ``server`` (plain HTTP, a bearer token), ``namespace``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        "current-context": "fake",
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
 
 
 def pod_from_job(job: Obj, index: int, failures: int = 0) -> Obj:

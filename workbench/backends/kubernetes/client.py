@@ -46,7 +46,7 @@ def load_configuration() -> k8s.Configuration:
         if in_cluster():
             k8s_config.load_incluster_config(client_configuration=configuration)
         else:
-            k8s_config.load_kube_config(client_configuration=configuration, persist_config=False)
+            k8s_config.load_kube_config(_kubeconfig(), client_configuration=configuration, persist_config=False)
     except (ConfigException, OSError) as e:
         raise KubernetesError(
             f"no Kubernetes configuration ({e}); run inside a pod with a service account, "
@@ -61,10 +61,15 @@ def default_namespace() -> str:
     if explicit:
         return explicit
     try:
-        _contexts, active = k8s_config.list_kube_config_contexts()
+        _contexts, active = k8s_config.list_kube_config_contexts(_kubeconfig())
     except (ConfigException, OSError):
         return "default"
     return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+def _kubeconfig() -> str:
+    # Passed explicitly: the client reads KUBECONFIG once, when it is imported. It expands "~" itself.
+    return settings.KUBECONFIG.get()
 
 
 class Cluster:
