@@ -66,25 +66,6 @@ K8S_TTL_S = Setting("WORKBENCH_K8S_TTL", "604800", "seconds finished Jobs and th
 K8S_S3_ENDPOINT = Setting("WORKBENCH_K8S_S3_ENDPOINT", "", "S3/MinIO URL for pods (S3_ENDPOINT, AWS_ENDPOINT_URL)")
 K8S_S3_SECRET = Setting("WORKBENCH_K8S_S3_SECRET", "", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for pods")
 K8S_S3_REGION = Setting("WORKBENCH_K8S_S3_REGION", "us-east-1", "AWS_REGION for training pods with an S3 endpoint")
-
-# Kubernetes backend (workbench.backends.kubernetes); the Helm chart sets these in the Jupyter pod.
-K8S_NAMESPACE = Setting("WORKBENCH_K8S_NAMESPACE", "", "training Jobs' namespace; empty: this pod's, else kubeconfig's")
-K8S_IMAGE_TENSORFLOW = Setting(
-    "WORKBENCH_K8S_IMAGE_TENSORFLOW", "workbench/trainer-tensorflow:0.1.0", "trainer image for tensorflow and none"
-)
-K8S_IMAGE_PYTORCH = Setting("WORKBENCH_K8S_IMAGE_PYTORCH", "workbench/trainer-pytorch:0.1.0", "image for pytorch")
-K8S_IMAGE_MXNET = Setting("WORKBENCH_K8S_IMAGE_MXNET", "workbench/trainer-mxnet:0.1.0", "image for mxnet")
-K8S_IMAGE_PULL_POLICY = Setting("WORKBENCH_K8S_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of training pods")
-K8S_WORKSPACE_CLAIM = Setting("WORKBENCH_K8S_WORKSPACE_CLAIM", "workbench-workspace", "PVC holding the workspace")
-K8S_WORKSPACE_MOUNT = Setting("WORKBENCH_K8S_WORKSPACE_MOUNT", "", "claim's path in pods; empty: WORKBENCH_WORKSPACE's")
-K8S_SERVICE_ACCOUNT = Setting("WORKBENCH_K8S_SERVICE_ACCOUNT", "", "training pods' service account; empty: default")
-K8S_CPU = Setting("WORKBENCH_K8S_CPU", "1", "CPU request of each training replica")
-K8S_MEMORY = Setting("WORKBENCH_K8S_MEMORY", "2Gi", "memory request and limit of each training replica")
-K8S_PORT = Setting("WORKBENCH_K8S_PORT", "2222", "port of each replica in TF_CONFIG / MASTER_PORT / DMLC_PS_ROOT_PORT")
-K8S_TTL_S = Setting("WORKBENCH_K8S_TTL", "604800", "seconds finished Jobs and their pods (logs) are kept")
-K8S_S3_ENDPOINT = Setting("WORKBENCH_K8S_S3_ENDPOINT", "", "S3/MinIO URL for pods (S3_ENDPOINT, AWS_ENDPOINT_URL)")
-K8S_S3_SECRET = Setting("WORKBENCH_K8S_S3_SECRET", "", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for pods")
-K8S_S3_REGION = Setting("WORKBENCH_K8S_S3_REGION", "us-east-1", "AWS_REGION for training pods with an S3 endpoint")
 KUBECONFIG = Setting("KUBECONFIG", "~/.kube/config", "kubeconfig file(s) used outside a cluster (kubectl's variable)")
 
 # Variables the launcher sets for each training replica (the script's contract).
@@ -95,9 +76,6 @@ WORKSPACE_VAR = WORKSPACE.name
 ROLE_VAR = "WORKBENCH_ROLE"
 REPLICA_INDEX_VAR = "WORKBENCH_REPLICA_INDEX"
 ATTEMPT_VAR = "WORKBENCH_ATTEMPT"
-# Set in Kubernetes pods for workbench.backends.kubernetes.entrypoint, which derives the replica's environment.
-CLUSTER_VAR = "WORKBENCH_CLUSTER"  # JSON: role -> ["host:port", ...] of every replica
-FRAMEWORK_VAR = "WORKBENCH_FRAMEWORK"  # the job's framework (tensorflow, pytorch, mxnet, none)
 # Set in Kubernetes pods for workbench.backends.kubernetes.entrypoint, which derives the replica's environment.
 CLUSTER_VAR = "WORKBENCH_CLUSTER"  # JSON: role -> ["host:port", ...] of every replica
 FRAMEWORK_VAR = "WORKBENCH_FRAMEWORK"  # the job's framework (tensorflow, pytorch, mxnet, none)
