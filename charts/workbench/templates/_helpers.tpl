@@ -1,0 +1,161 @@
+{{/* Names: <release>-workbench unless the release name already contains "workbench". */}}
+{{- define "workbench.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "workbench.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object; call with (dict "root" $ "component" "jupyter"). */}}
+{{- define "workbench.labels" -}}
+{{ include "workbench.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
+{{- define "workbench.componentSelector" -}}
+{{ include "workbench.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* An image reference; call with (dict "root" $ "key" "trainerTensorflow" "name" "trainer-tensorflow"). */}}
+{{- define "workbench.image" -}}
+{{- $override := index .root.Values.images .key -}}
+{{- if $override -}}{{ $override }}{{- else -}}
+{{- printf "%s/%s:%s" .root.Values.image.prefix .name (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "workbench.claimName" -}}
+{{- .Values.storage.workspace.existingClaim | default (printf "%s-workspace" (include "workbench.fullname" .)) -}}
+{{- end -}}
+
+{{- define "workbench.jupyterSecret" -}}
+{{- .Values.jupyter.existingSecret | default (printf "%s-jupyter" (include "workbench.fullname" .)) -}}
+{{- end -}}
+
+{{- define "workbench.s3Secret" -}}
+{{- .Values.storage.minio.existingSecret | default (printf "%s-minio" (include "workbench.fullname" .)) -}}
+{{- end -}}
+
+{{- define "workbench.minio" -}}
+{{- and (eq .Values.storage.type "minio") .Values.storage.minio.bundled -}}
+{{- end -}}
+
+{{- define "workbench.s3Endpoint" -}}
+{{- if .Values.storage.minio.bundled -}}
+{{- printf "http://%s-minio:9000" (include "workbench.fullname" .) -}}
+{{- else -}}
+{{- .Values.storage.minio.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{/* TensorBoard's logdir: the workspace's runs/ on the volume, or in the bucket. */}}
+{{- define "workbench.logdir" -}}
+{{- if eq .Values.storage.type "minio" -}}
+{{- printf "s3://%s/%sruns" .Values.storage.minio.bucket .Values.storage.minio.prefix -}}
+{{- else -}}
+{{- printf "%s/runs" .Values.storage.workspace.mountPath -}}
+{{- end -}}
+{{- end -}}
+
+{{/* S3 settings for a container (MinIO mode): what TensorBoard (S3_ENDPOINT), boto3 and s3fs read. */}}
+{{- define "workbench.s3Env" -}}
+{{- if eq .Values.storage.type "minio" }}
+{{- $endpoint := include "workbench.s3Endpoint" . }}
+- name: S3_ENDPOINT
+  value: {{ $endpoint | quote }}
+- name: AWS_ENDPOINT_URL
+  value: {{ $endpoint | quote }}
+- name: AWS_REGION
+  value: {{ .Values.storage.minio.region | quote }}
+- name: S3_USE_HTTPS
+  value: {{ ternary "1" "0" (hasPrefix "https://" $endpoint) | quote }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ include "workbench.s3Secret" . }}, key: AWS_ACCESS_KEY_ID}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "workbench.s3Secret" . }}, key: AWS_SECRET_ACCESS_KEY}}
+{{- end }}
+{{- end -}}
+
+{{/* requests/limits plus nvidia.com/gpu; call with (dict "resources" ... "gpus" N). */}}
+{{- define "workbench.resources" -}}
+{{- $r := deepCopy (.resources | default dict) -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $_ := set $r "limits" (merge (dict "nvidia.com/gpu" (int .gpus)) ($r.limits | default dict)) -}}
+{{- end -}}
+{{- toYaml $r -}}
+{{- end -}}
+
+{{/* Tolerations, with the usual GPU-node taint tolerated when GPUs are asked for. */}}
+{{- define "workbench.tolerations" -}}
+{{- $t := .tolerations | default list -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $t = append $t (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") -}}
+{{- end -}}
+{{- if $t }}
+tolerations:
+{{- toYaml $t | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "workbench.podSpecCommon" -}}
+securityContext:
+{{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Cross-field checks JSON Schema cannot express. */}}
+{{- define "workbench.validate" -}}
+{{- $v := .Values -}}
+{{- if and (eq $v.storage.type "minio") (not $v.storage.minio.bundled) (not $v.storage.minio.endpoint) -}}
+{{- fail "storage.minio.endpoint is required when storage.minio.bundled is false: the URL of your MinIO or S3, e.g. https://minio.example.com" -}}
+{{- end -}}
+{{- if and $v.serving.enabled (eq $v.serving.engine "tfserving") (not $v.serving.tfserving.models) -}}
+{{- fail "serving.tfserving.models is required with serving.engine=tfserving: the model names under models/ to serve, e.g. [lenet]" -}}
+{{- end -}}
+{{- if and $v.ingress.enabled (not $v.ingress.host) -}}
+{{- fail "ingress.host is required when ingress.enabled is true: the DNS name JupyterLab is served at" -}}
+{{- end -}}
+{{- $a := .Values.serving.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "serving.autoscaling.minReplicas (%d) must not exceed serving.autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One NetworkPolicy allowing ingress to some ports; from: [] means any source. */}}
+{{- define "workbench.netpol" -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "workbench.labels" (dict "root" .root "component" .component) | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- toYaml .selector | nindent 6 }}
+  policyTypes: [Ingress]
+  ingress:
+    - ports:
+        {{- range .ports }}
+        - {port: {{ . }}, protocol: TCP}
+        {{- end }}
+      {{- if .from }}
+      from:
+        {{- toYaml .from | nindent 8 }}
+      {{- end }}
+{{- end -}}
