@@ -362,3 +362,33 @@ def test_entrypoint_passes_sigterm_on_to_the_script(fake: FakeApiServer, write_s
     out, _ = proc.communicate(timeout=30)
     assert "stopping cleanly" in out
     assert proc.returncode == 7
+
+
+def test_helper_replicas_stop_by_themselves_once_the_chief_succeeds(fake: FakeApiServer, write_script) -> None:  # type: ignore[no-untyped-def]
+    """TF parameter servers (and PS-strategy workers) never exit: their pods end with the chief's,
+    through the workspace, so their Jobs complete even if nobody polls the job's status."""
+    script = write_script(
+        """
+        import os, sys, time
+        if os.environ["WORKBENCH_ROLE"] == "chief":
+            time.sleep(1)
+            sys.exit(0)
+        print("serving", flush=True)
+        time.sleep(120)
+        """,
+        name="train.py",
+    )
+    job = submit(script, framework="tensorflow", workers=1, ps=1)
+    helpers = [run_pod(fake, job, role, 0) for role in ("ps", "worker")]
+    for proc in helpers:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "serving"
+    chief = run_pod(fake, job, "chief", 0)
+    out, _ = chief.communicate(timeout=60)
+    assert chief.returncode == 0, out
+    started = time.monotonic()
+    for proc in helpers:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out  # stopped on purpose: done, not failed
+        assert "stopping this one" in out
+    assert time.monotonic() - started < 2 * entrypoint.MARKER_POLL_S + 10
+    assert (job.paths.root / "kubernetes" / "chief-0.exit").read_text() == "0\n"

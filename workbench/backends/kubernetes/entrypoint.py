@@ -20,8 +20,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +32,20 @@ from workbench.workspace import Workspace
 
 CONTAINER = "replica"  # the container's name in every training pod
 CONFIG_ERROR_EXIT = 78  # EX_CONFIG from sysexits.h; the Job's podFailurePolicy fails the job on it, no retries
+MARKER_POLL_S = 2.0  # how often a helper replica looks for the chief's exit marker
+
+
+def completion_roles(framework: str, roles: Iterable[str]) -> set[str]:
+    """Roles whose success ends the job. Under TensorFlow's ParameterServerStrategy only the chief
+    ever exits; its workers and ps serve until stopped (the local backend treats them the same way)."""
+    roles = set(roles)
+    return {"chief"} if framework == "tensorflow" and "ps" in roles else roles
+
+
+def exit_marker(env: Mapping[str, str], role: str, index: int) -> Path:
+    """Where a replica that ends the job records its exit status, for helper replicas to see."""
+    run = Workspace(Path(env[settings.WORKSPACE_VAR])).run(env[settings.RUN_ID_VAR])
+    return run.root / "kubernetes" / f"{role}-{index}.exit"
 
 
 class ConfigError(Exception):
@@ -79,14 +95,37 @@ def main(argv: list[str]) -> int:
         return CONFIG_ERROR_EXIT
     command = [sys.executable, str(script), *argv[1:]]
     with _workspace_log(env) as log:
-        return run(command, env, script.parent, log)
+        return _run_replica(command, env, script.parent, log)
 
 
-def run(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None) -> int:
+def _run_replica(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None) -> int:
+    """Run the script; where some roles never exit by themselves (TF ps), tie their end to the others'."""
+    role, index = env[settings.ROLE_VAR], int(env[settings.REPLICA_INDEX_VAR])
+    cluster = json.loads(env[settings.CLUSTER_VAR])
+    enders = completion_roles(env[settings.FRAMEWORK_VAR], cluster)
+    if enders == set(cluster):
+        return run(command, env, cwd, log)
+    if role not in enders:
+        markers = [exit_marker(env, r, i) for r in sorted(enders) for i in range(len(cluster[r]))]
+        return run(command, env, cwd, log, stop_when=lambda: _all_succeeded(markers))
+    code = run(command, env, cwd, log)
+    _write_marker(exit_marker(env, role, index), code)
+    return code
+
+
+def run(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log: BinaryIO | None,
+    stop_when: Callable[[], bool] | None = None,
+) -> int:
     """Run ``command``, copying its output to stdout and ``log``; return its exit status.
 
     SIGTERM (the kubelet stopping the pod) goes on to the script's whole process
     group: as PID 1 we would otherwise ignore it, and the script would only ever see SIGKILL.
+    A helper replica (a ps) is stopped once ``stop_when()`` holds, and then counts as done (0):
+    so its Job completes with the job even when nobody asks the backend for the job's status.
     """
     proc = subprocess.Popen(
         command,
@@ -106,6 +145,9 @@ def run(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    stopped = threading.Event()
+    if stop_when is not None:
+        threading.Thread(target=_stop_when, args=(proc, stop_when, stopped), daemon=True).start()
     assert proc.stdout is not None
     out = sys.stdout.buffer
     # Raw chunks, not lines: progress bars written with "\r" appear as they are written.
@@ -116,7 +158,46 @@ def run(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None
             log.write(chunk)
             log.flush()
     code = proc.wait()
+    if stopped.is_set():
+        return 0
     return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
+
+
+def _stop_when(proc: subprocess.Popen[bytes], condition: Callable[[], bool], stopped: threading.Event) -> None:
+    while proc.poll() is None:
+        if condition():
+            stopped.set()
+            print("workbench entrypoint: the replicas that end this job finished; stopping this one", flush=True)
+            _stop(proc)
+            return
+        time.sleep(MARKER_POLL_S)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the script's process group, SIGKILL after the grace period: a TF server may ignore SIGTERM."""
+    for sig, wait in ((signal.SIGTERM, float(settings.KILL_GRACE_S.get())), (signal.SIGKILL, None)):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+            return
+
+
+def _all_succeeded(markers: list[Path]) -> bool:
+    try:
+        return all(m.read_text().strip() == "0" for m in markers)
+    except OSError:
+        return False
+
+
+def _write_marker(path: Path, code: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(f"{code}\n")
+        partial.replace(path)  # helpers read a whole marker or none
+    except OSError as e:
+        print(f"workbench entrypoint: cannot write {path} ({e})", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench import conventions
+from workbench.backends.kubernetes.entrypoint import completion_roles
 from workbench.backends.kubernetes.manifests import FAILURES_ANNOTATION, INDEX_ANNOTATION, ROLE_LABEL
 from workbench.spec import JobSpec
 
@@ -28,14 +29,6 @@ class Observed:
     unfinished: tuple[str, ...] = ()
 
 
-def completion_roles(spec: JobSpec) -> set[str]:
-    """Roles whose success ends the job. Under TensorFlow's ParameterServerStrategy only the chief
-    ever exits; its workers and ps serve until stopped (as the local backend treats them)."""
-    if spec.framework == "tensorflow" and spec.ps:
-        return {"chief"}
-    return set(spec.roles())
-
-
 def observe(spec: JobSpec, jobs: list[Obj], pods: list[Obj]) -> Observed:
     """The job's state from its Jobs (one per role) and their Pods."""
     by_role = {_labels(j).get(ROLE_LABEL, ""): j for j in jobs}
@@ -51,7 +44,7 @@ def observe(spec: JobSpec, jobs: list[Obj], pods: list[Obj]) -> Observed:
     for role, job in by_role.items():
         if _condition(job, "Failed") or _condition(job, "FailureTarget"):
             return Observed("failed", _failure(role, job, pods), attempt, _unfinished(by_role))
-    if all(_succeeded(by_role[role]) for role in completion_roles(spec)):
+    if all(_succeeded(by_role[role]) for role in completion_roles(spec.framework, spec.roles())):
         return Observed("succeeded", "all replicas finished", attempt, _unfinished(by_role))
     waiting = _waiting(spec, pods)
     if waiting:
