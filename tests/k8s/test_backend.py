@@ -392,3 +392,22 @@ def test_helper_replicas_stop_by_themselves_once_the_chief_succeeds(fake: FakeAp
         assert "stopping this one" in out
     assert time.monotonic() - started < 2 * entrypoint.MARKER_POLL_S + 10
     assert (job.paths.root / "kubernetes" / "chief-0.exit").read_text() == "0\n"
+
+
+def test_the_client_is_imported_only_when_the_kubernetes_backend_is_used() -> None:
+    """`import workbench` and the local backend stay fast; a missing extra gives the install hint."""
+    code = """
+import sys
+import workbench
+from workbench.backends import get_backend
+assert get_backend().name == "local" and "kubernetes" not in sys.modules, sorted(sys.modules)
+sys.modules["kubernetes"] = None  # as if the extra were not installed
+try:
+    get_backend("kubernetes")
+except workbench.WorkbenchError as e:
+    print(e)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "WORKBENCH_BACKEND")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'workbench[kubernetes]'" in done.stdout
