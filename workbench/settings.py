@@ -42,6 +42,7 @@ SERVE_MAX_BODY_MB = Setting("WORKBENCH_SERVE_MAX_BODY_MB", "16", "largest reques
 SERVE_KEEP_VERSIONS = Setting("WORKBENCH_SERVE_KEEP", "2", "newest versions per model kept loaded besides labeled ones")
 SERVE_LOG_SAMPLE = Setting("WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite")
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
+SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",
     "",

@@ -13,6 +13,7 @@ an idle worker exits when its parent does or after ``IDLE_EXIT_S``.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -130,7 +131,11 @@ class _Worker:
     def discard(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        self.log.close()
 
 
 class WorkerPool:
@@ -139,6 +144,7 @@ class WorkerPool:
     def __init__(self) -> None:
         self._spares: dict[tuple[str, str, str | None], _Worker] = {}
         self._lock = threading.Lock()
+        self._exit_hook = False
 
     def take(self, role: str, framework: str, python: str | None) -> _Worker:
         with self._lock:
@@ -151,6 +157,9 @@ class WorkerPool:
         if settings.PROMOTE_WARM.get() in ("0", "false", "no"):
             return
         with self._lock:
+            if not self._exit_hook:
+                atexit.register(self.shutdown)  # idle workers would exit anyway; this reaps them cleanly
+                self._exit_hook = True
             key = (role, framework, python)
             if key not in self._spares or not self._spares[key].usable():
                 self._spares[key] = _Worker(framework, python)

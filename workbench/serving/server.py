@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from workbench import settings
 from workbench.serving.app import ServerApp
@@ -43,6 +44,7 @@ def serve(
     max_body = int((max_body_mb or float(settings.SERVE_MAX_BODY_MB.get())) * 1024 * 1024)
     app = ServerApp(repo, metrics, max_body, predlog, sample)
     repo.start()
+    threading.Thread(target=_preload, args=(settings.SERVE_PRELOAD.get(),), name="preload", daemon=True).start()
     config = uvicorn.Config(
         app, host=host, port=port, loop=_loop(), http="httptools", lifespan="on", log_level="warning",
         access_log=False, backlog=2048, timeout_keep_alive=60,
@@ -54,6 +56,18 @@ def serve(
         repo.stop()
         if predlog is not None:
             predlog.close()
+
+
+def _preload(names: str) -> None:
+    """Import frameworks now, so the first model that is promoted goes live without waiting for the import."""
+    from workbench.errors import RegistryError
+    from workbench.registry.frameworks import get_framework
+
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            get_framework(name).prepare()
+        except (RegistryError, ImportError) as e:
+            logging.getLogger("workbench.serving").warning("cannot preload %s: %s", name, e)
 
 
 def _loop() -> str:

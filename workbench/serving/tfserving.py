@@ -57,7 +57,7 @@ def _rows(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
 
 def _columns(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
     names = [t.name for t in sig.inputs]
-    if not isinstance(inputs, dict) or (len(names) == 1 and names[0] not in inputs):
+    if not isinstance(inputs, dict):  # a JSON object is always a map of input names; anything else is a tensor
         if len(names) > 1:
             raise InputError(f'"inputs" must be an object with {sig.input_names()}')
         inputs = {names[0]: inputs}

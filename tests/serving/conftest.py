@@ -1,0 +1,119 @@
+"""Serving fixtures: one small trained LeNet job and one real model server process per test session.
+
+Tests share them to stay within the time budget; each test promotes into a
+model name of its own, so they do not see each other's versions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+import workbench as wb
+from workbench.backends.local.processes import free_ports
+
+from ..conftest import LENET
+
+SMALL = ["--epochs", "2", "--limit", "2000"]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    workspace: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_version(self, model: str, version: int, timeout: float = 60) -> None:
+        """Wait until the server serves ``version`` of ``model``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = requests.get(f"{self.url}/v1/models/{model}/versions/{version}", timeout=5)
+            if r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE":
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{model} version {version} not served after {timeout} s:\n{self.log_text()[-3000:]}")
+
+
+def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    port = free_ports(1)[0]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "serve", "--port", str(port), *args],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "WORKBENCH_WORKSPACE": str(workspace), **(env or {})},
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log, workspace)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited:\n{server.log_text()}"
+        try:
+            if requests.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the server did not get ready:\n{server.log_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def serving_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's workspace, current (WORKBENCH_WORKSPACE) for every serving test."""
+    ws = tmp_path_factory.mktemp("serving") / "workspace"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WORKBENCH_WORKSPACE", str(ws))
+    mp.setenv("WORKBENCH_KILL_GRACE", "2")
+    yield ws
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def trained(serving_ws: Path) -> wb.Job:
+    """LeNet trained 2 epochs on 2000 MNIST examples, as a real job."""
+    job = wb.submit(str(LENET), args=SMALL, name="lenet")
+    assert job.wait(timeout=600) == "succeeded", job.logs()
+    assert [c.step for c in job.checkpoints()] == [1, 2]
+    return job
+
+
+@pytest.fixture(scope="session")
+def server(serving_ws: Path) -> Iterator[Server]:
+    """``workbench serve`` on a free port over the session workspace, logging every prediction, max body 1 MB."""
+    log = serving_ws.parent / "server.log"
+    serving_ws.mkdir(parents=True, exist_ok=True)
+    srv = start_server(serving_ws, log, "--poll", "0.2", "--log-sample", "1", env={"WORKBENCH_SERVE_MAX_BODY_MB": "1"})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WORKBENCH_SERVER_URL", srv.url)
+    yield srv
+    mp.undo()
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def digits() -> list[list[list[float]]]:
+    """Four real MNIST validation images, as JSON-ready nested lists."""
+    from workbench.datasets import mnist
+
+    (_, _), (x_val, _), _ = mnist.load_data(limit=4)
+    return x_val[:4].tolist()
