@@ -31,7 +31,9 @@ PREFIX=${PREFIX:-workbench} TAG=${TAG:-$version} DOCKER=${DOCKER:-docker}
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=python3
 
-rm -rf dist && "$python" -m pip wheel -q --no-deps --no-build-isolation -w dist "$root" >/dev/null
+# Fixed timestamps make the wheel byte-identical while the code is: Docker's cache then holds.
+rm -rf dist && SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800} \
+  "$python" -m pip wheel -q --no-deps --no-build-isolation -w dist "$root" >/dev/null 2>&1
 
 base_args=()
 [ -n "${BASE_IMAGE:-}" ] && base_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
