@@ -105,12 +105,6 @@ class Cluster:
         )
         return list(found.get("items") or [])
 
-    def services(self, selector: str) -> list[Obj]:
-        found = self._call(
-            f"list Services {selector}", self.core.list_namespaced_service, self.namespace, label_selector=selector
-        )
-        return list(found.get("items") or [])
-
     def pods(self, selector: str) -> list[Obj]:
         """The Pods matching a label selector."""
         found = self._call(
