@@ -8,6 +8,8 @@ to :func:`workbench.conventions.replica_env`, the function the local backend
 uses too, then runs the script from the run's code snapshot. The script's
 output goes to stdout (the pod log) and is appended to
 ``runs/<id>/logs/<role>-<index>.log`` in the workspace, which outlives the pod.
+Replicas that never exit by themselves (TensorFlow ps) stop once the replicas
+that end the job have succeeded, which those record under ``runs/<id>/kubernetes/``.
 
 Imports nothing beyond the standard library and workbench's core, so any
 trainer image with workbench installed can run it.
