@@ -16,8 +16,6 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "workbench-test-python3"
 SMALL = {"epochs": 2, "limit": 2000}
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
@@ -81,6 +79,7 @@ def test_notebooks_are_committed_without_outputs():
         assert any("parameters" in c["metadata"].get("tags", []) for c in code), path.name
 
 
+@pytest.mark.slow
 def test_quickstart_trains_in_the_notebook_and_logs_to_tensorboard(workspace, tmp_path):
     nb = execute("01_quickstart.ipynb", tmp_path, **SMALL)
     text = text_of(nb)
@@ -94,6 +93,7 @@ def test_quickstart_trains_in_the_notebook_and_logs_to_tensorboard(workspace, tm
         assert list((run / "tb" / split).glob("events.out.tfevents.*")), split
 
 
+@pytest.mark.slow
 def test_jobs_notebook_runs_single_and_two_worker_jobs_and_cancels(workspace, tmp_path):
     nb = execute("02_jobs.ipynb", tmp_path, **SMALL, long_epochs=200, watch_before_cancel=8)
     text = text_of(nb)
