@@ -110,9 +110,10 @@ def wait_available(url: str, model: str, version: int, timeout: float = 60) -> b
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status, body, _ = request("GET", f"{url}/v1/models/{model}/versions/{version}", timeout=5)
-        except ServingError:
-            return False
+            status, body, _ = request("GET", f"{url}/v1/models/{model}/versions/{version}", timeout=10)
+        except ServingError:  # busy loading, or restarting: ask again until the deadline
+            time.sleep(0.2)
+            continue
         states = [s["state"] for s in body.get("model_version_status", [])] if status == 200 else []
         if "AVAILABLE" in states:
             return True

@@ -204,6 +204,8 @@ class ModelRepository:
         present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
         for name in present:
             fingerprint = _fingerprint(root / name)
+            if fingerprint == (None, ()):
+                continue  # a first promote is still exporting into its staging folder
             if self._fingerprints.get(name) != fingerprint:
                 self._sync(name, root / name)
                 self._fingerprints[name] = fingerprint
