@@ -72,8 +72,9 @@ class Framework(abc.ABC):
         ``builder`` names a model-building function (``"module:function"`` or
         ``"path/to/file.py:function"``) for weights-only checkpoints; ``code_dir``
         is the job's code snapshot, searched first for it. Raise
-        :class:`~workbench.errors.RegistryError` (or a subclass) with a message
-        that says what to do when the checkpoint cannot be exported.
+        :class:`~workbench.errors.CheckpointError` (unreadable checkpoint, missing
+        builder) or :class:`~workbench.errors.RegistryError` with a message that
+        says what to do when the checkpoint cannot be exported.
         """
 
     @abc.abstractmethod

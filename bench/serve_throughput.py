@@ -1,0 +1,213 @@
+"""Serving throughput and latency for LeNet at concurrency 1, 8 and 64, side by side in one run.
+
+``python -m bench.serve_throughput [--duration 5] [--levels 1,8,64] [--no-mlserver]``
+
+Against the same SavedModel (LeNet-5, exported by ``workbench.promote``):
+
+- in-process: the limit. The model's serving function called directly with
+  batches of ``c`` rows (what perfect batching of ``c`` concurrent requests
+  gives); a request's latency is one call;
+- workbench: ``workbench serve`` (one process), TF Serving REST (row format)
+  and KServe V2, one instance per request, ``c`` keep-alive connections;
+- MLServer (PyPI ``mlserver``, from ``.venv-mlserver``: ``bash
+  bench/setup_mlserver.sh``) serving the SavedModel through a custom runtime
+  with its adaptive batching (max batch 64), over V2.
+
+The load generator (``workbench.serving.loadgen``, asyncio, one thread)
+shares the machine with the server it measures. Goal: workbench >= 0.6x the
+in-process limit, and ahead of MLServer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
+sys.path.insert(0, str(ROOT))
+
+from workbench.backends.local.processes import free_ports  # noqa: E402
+from workbench.serving import loadgen  # noqa: E402
+
+
+def export_lenet(workspace: Path) -> Path:
+    """Export a LeNet-5 (weights as built; they do not change the cost) through the registry; its version dir."""
+    import keras
+
+    sys.path.insert(0, str(ROOT / "examples" / "lenet"))
+    from model import build_lenet
+
+    import workbench as wb
+
+    ckpt = workspace / "ckpt-0001.keras"
+    keras.utils.set_random_seed(0)
+    build_lenet().save(ckpt)
+    os.environ["WORKBENCH_WORKSPACE"] = str(workspace)
+    v = wb.promote(None, model="lenet", checkpoint=ckpt, framework="tensorflow", wait=0)
+    return v.path
+
+
+def in_process(version_dir: Path, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
+    from workbench.registry.frameworks import get_framework
+
+    runtime = get_framework("tensorflow").load(version_dir)
+    out = {}
+    for c in levels:
+        batch = runtime.signature.sample(c)
+        for _ in range(20):
+            runtime.predict(batch)
+        times = []
+        stop = time.perf_counter() + duration
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            runtime.predict(batch)
+            times.append(time.perf_counter() - t0)
+        out[c] = {"rps": c * len(times) / sum(times), "p50": float(np.percentile(times, 50)) * 1000,
+                  "p99": float(np.percentile(times, 99)) * 1000, "errors": 0}
+    runtime.close()
+    return out
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def load(url: str, body: bytes, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
+    loadgen.run(url, body, 4, 1.0)  # warm-up
+    out = {}
+    for c in levels:
+        r = loadgen.run(url, body, c, duration)
+        out[c] = {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
+    return out
+
+
+def start_workbench(workspace: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_ports(1)[0]
+    env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/v2/models/lenet/ready", proc)
+    return proc, url
+
+
+RUNTIME = '''
+import tensorflow as tf
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class SavedModelRuntime(MLModel):
+    async def load(self) -> bool:
+        self._loaded = tf.saved_model.load(self.settings.parameters.uri)
+        self._fn = self._loaded.signatures["serving_default"]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype("float32")
+        y = self._fn(image=tf.constant(x))["probabilities"].numpy()
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("probabilities", y)])
+'''
+
+
+def start_mlserver(version_dir: Path, folder: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    http, grpc, metrics = free_ports(3)
+    model = folder / "lenet"
+    model.mkdir(parents=True)
+    (model / "lenet_runtime.py").write_text(textwrap.dedent(RUNTIME))
+    (model / "model-settings.json").write_text(json.dumps({
+        "name": "lenet", "implementation": "lenet_runtime.SavedModelRuntime",
+        "parameters": {"uri": str(version_dir)}, "max_batch_size": 64, "max_batch_time": 0.002,
+    }))
+    (folder / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": http, "grpc_port": grpc, "metrics_port": metrics, "debug": False,
+    }))
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([str(MLSERVER), "start", str(folder)], stdout=f, stderr=subprocess.STDOUT, cwd=folder,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    url = f"http://127.0.0.1:{http}"
+    wait_ready(f"{url}/v2/models/lenet/ready", proc)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level and target")
+    p.add_argument("--levels", default="1,8,64")
+    p.add_argument("--no-mlserver", action="store_true")
+    a, _ = p.parse_known_args(argv)
+    levels = [int(x) for x in a.levels.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
+    version_dir = export_lenet(tmp / "workspace")
+    x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+    rest_body = json.dumps({"instances": x.tolist()}).encode()
+    v2_body = json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}).encode()
+
+    results: dict[str, dict[int, dict[str, float]]] = {"in-process (batched)": in_process(version_dir, levels, a.duration)}
+    proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
+    try:
+        results["workbench REST"] = load(f"{url}/v1/models/lenet:predict", rest_body, levels, a.duration)
+        results["workbench V2"] = load(f"{url}/v2/models/lenet/infer", v2_body, levels, a.duration)
+    finally:
+        stop(proc)
+    if not a.no_mlserver:
+        if MLSERVER.exists():
+            proc, url = start_mlserver(version_dir, tmp / "mlserver", tmp / "mlserver.log")
+            try:
+                results["MLServer V2"] = load(f"{url}/v2/models/lenet/infer", v2_body, levels, a.duration)
+            finally:
+                stop(proc)
+        else:
+            print("MLServer skipped: run `bash bench/setup_mlserver.sh` first")
+
+    print(f"\nLeNet-5, one 28x28 image per request, {a.duration:.0f} s per level, {os.cpu_count()} CPUs (shared)")
+    print(f"{'target':<22}" + "".join(f"  c={c:<3} req/s  p50 ms  p99 ms  err" for c in levels))
+    for name, by_c in results.items():
+        print(f"{name:<22}" + "".join(f"  {by_c[c]['rps']:>9.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>4.0f}" for c in levels))
+    limit = results["in-process (batched)"]
+    for name in [n for n in results if n != "in-process (batched)"]:
+        print(f"{name} / in-process: " + "  ".join(f"c={c}: {results[name][c]['rps'] / limit[c]['rps']:.2f}x" for c in levels))
+    if "MLServer V2" in results:
+        print("workbench V2 / MLServer V2: " + "  ".join(
+            f"c={c}: {results['workbench V2'][c]['rps'] / results['MLServer V2'][c]['rps']:.2f}x" for c in levels))
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "serve_throughput.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,70 @@
+"""The TensorFlow/Keras plugin against the shared framework suite: .keras, .weights.h5, tf.train.Checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .framework_suite import FrameworkSuite
+
+pytestmark = pytest.mark.slow
+
+LENET = Path(__file__).resolve().parents[2] / "examples" / "lenet" / "model.py"
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lenet_model", LENET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_lenet()
+
+
+class TestTensorFlow(FrameworkSuite):
+    framework = "keras"  # an alias of tensorflow
+
+    @pytest.fixture
+    def checkpoints(self, lenet, tmp_path):
+        lenet.save(tmp_path / "ckpt-0001.keras")
+        lenet.save_weights(tmp_path / "ckpt-0001.weights.h5")
+        return {"full": tmp_path / "ckpt-0001.keras", "weights": tmp_path / "ckpt-0001.weights.h5"}
+
+    @pytest.fixture
+    def builder(self):
+        return f"{LENET}:build_lenet"
+
+    @pytest.fixture
+    def reference(self, lenet):
+        return lambda inputs: {"probabilities": lenet(inputs["image"]).numpy()}
+
+
+def test_tf_train_checkpoint_and_saved_model_dir(lenet, tmp_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from workbench.registry.frameworks import get_framework
+
+    tf_fw = get_framework("tensorflow")
+    prefix = tf.train.Checkpoint(model=lenet, optimizer=keras.optimizers.Adam()).save(str(tmp_path / "tf" / "ckpt"))
+    exported = tmp_path / "from-ckpt"
+    exported.mkdir()
+    sig = tf_fw.export(Path(prefix), exported, builder="model:build_lenet", code_dir=LENET.parent)
+    x = sig.sample(2)
+    np.testing.assert_allclose(tf_fw.load(exported).predict(x)["probabilities"], lenet(x["image"]).numpy(), rtol=1e-4, atol=1e-6)
+
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    assert tf_fw.export(exported, copied).to_dict() == sig.to_dict()  # a SavedModel folder is taken as is
+
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    from workbench.errors import CheckpointError
+
+    small = tmp_path / "small.py"
+    small.write_text("import keras\ndef build():\n    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(3)])\n")
+    with pytest.raises(CheckpointError, match="do not fit the model the builder returned"):
+        tf_fw.export(Path(prefix), wrong, builder=f"{small}:build")

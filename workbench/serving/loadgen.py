@@ -1,0 +1,106 @@
+"""A small closed-loop HTTP/1.1 load generator for the benchmarks (keep-alive connections, asyncio).
+
+``concurrency`` connections each send one request, wait for its answer, and
+send the next, until ``duration`` seconds have passed. Request bytes are
+built once, so the generator spends its CPU on the socket, not on JSON (it
+shares the machine with the server it measures). Only 127.0.0.1-style URLs
+of plain HTTP are supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    concurrency: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    errors: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+def post_bytes(url: str, body: bytes) -> tuple[str, int, bytes]:
+    """(host, port, request bytes) of a keep-alive POST of ``body`` (JSON) to ``url``."""
+    u = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {u.path or '/'} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return u.hostname or "127.0.0.1", u.port or 80, head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _worker(host: str, port: int, request: bytes, stop_at: float, result: Result) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            writer.write(request)
+            try:
+                status = await _read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                result.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status == 200:
+                result.latencies.append(time.perf_counter() - t0)
+            else:
+                result.errors += 1
+    finally:
+        writer.close()
+
+
+async def _run(url: str, body: bytes, concurrency: int, duration: float) -> Result:
+    host, port, request = post_bytes(url, body)
+    result = Result(concurrency, duration)
+    stop_at = time.perf_counter() + duration
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_worker(host, port, request, stop_at, result) for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def run(url: str, body: bytes, concurrency: int, duration: float) -> Result:
+    """Closed-loop load on ``url`` (POST ``body``) from ``concurrency`` connections for ``duration`` s."""
+    return run_many([(url, body, concurrency)], duration)[0]
+
+
+def run_many(targets: list[tuple[str, bytes, int]], duration: float) -> list[Result]:
+    """Several loads at once, ``(url, body, concurrency)`` each, for ``duration`` s; one Result each."""
+
+    async def together() -> list[Result]:
+        return list(await asyncio.gather(*(_run(u, b, c, duration) for u, b, c in targets)))
+
+    try:
+        import uvloop
+
+        return uvloop.run(together())
+    except ImportError:
+        return asyncio.run(together())
