@@ -3,14 +3,17 @@
 A checkpoint is a folder ``ckpt-<step>/`` holding the served model as
 ``HybridBlock.export`` writes it (``model-symbol.json`` + ``model-0000.params``:
 input ``data`` (N, 28, 28) float32 in [0, 1], output (N, 10) class
-probabilities, the same signature as the Keras LeNet), the training network's
-parameters (``net.params``) and, single-process only, the trainer state
-(``trainer.states``) for resuming. ``workbench.promote`` serves the exported
-pair; the model server loads it with ``SymbolBlock.imports``.
+probabilities, the same signature as the Keras LeNet) with
+``model-signature.json`` (the input's name, dtype and shape, which the symbol
+file does not record), the training network's parameters (``net.params``)
+and, single-process only, the trainer state (``trainer.states``) for
+resuming. ``workbench.promote`` serves the exported files; the model server
+loads them with ``SymbolBlock.imports``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +21,9 @@ import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 
-EXPORT_PREFIX = "model"  # model-symbol.json + model-0000.params
+EXPORT_PREFIX = "model"  # model-symbol.json + model-0000.params + model-signature.json
+# Shapes: None is any size (axis 0 is the batch). Outputs may be left out: promote runs the model to find them.
+SIGNATURE = {"inputs": [{"name": "data", "dtype": "float32", "shape": [None, 28, 28]}]}
 NET_PARAMS = "net.params"
 TRAINER_STATES = "trainer.states"
 
@@ -57,6 +62,7 @@ def save_checkpoint(folder: Path, net: gluon.HybridBlock, trainer: gluon.Trainer
     block.hybridize()
     block(mx.nd.zeros((1, 28, 28)))  # export needs the traced graph
     block.export(str(partial / EXPORT_PREFIX), epoch=0)
+    (partial / f"{EXPORT_PREFIX}-signature.json").write_text(json.dumps(SIGNATURE))
     net.save_parameters(str(partial / NET_PARAMS))
     if trainer is not None:
         trainer.save_states(str(partial / TRAINER_STATES))

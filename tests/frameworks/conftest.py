@@ -1,4 +1,5 @@
-"""Fixtures for the PyTorch and MXNet tests: the example scripts, the MXNet environment, trained jobs."""
+"""Fixtures for the PyTorch and MXNet tests: the example scripts, the MXNet environment, and the jobs
+every test module reads, trained once per session side by side in one workspace."""
 
 from __future__ import annotations
 
@@ -43,3 +44,26 @@ def submit_all(workspace: Path, specs: dict[str, dict]) -> dict[str, wb.Job]:
                 job.cancel()
         mp.undo()
     return jobs
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, wb.Job]:
+    """Small PyTorch and MXNet jobs: single, distributed, and distributed with a failure and a restart.
+
+    None names its environment: framework="mxnet" finds .venv-mxnet by itself. Without that
+    environment there are no MXNet jobs (the MXNet tests fail or skip through ``mxnet_python``).
+    """
+    torch = {"script": str(TORCH_TRAIN), "framework": "pytorch"}
+    mxnet = {"script": str(MXNET_TRAIN), "framework": "mxnet"}
+    fail_once = {"args": [*SMALL, "--fail-at-epoch", "1"], "max_restarts": 1}
+    specs = {
+        "torch-single": {**torch, "args": SMALL, "name": "torch-single"},
+        "torch-ddp": {**torch, "args": SMALL, "workers": 2, "name": "torch-ddp"},
+        "torch-restart": {**torch, **fail_once, "workers": 2, "name": "torch-restart"},
+        "mx-single": {**mxnet, "args": SMALL, "name": "mx-single"},
+        "mx-dist": {**mxnet, "args": SMALL, "workers": 2, "ps": 1, "name": "mx-dist"},
+        "mx-restart": {**mxnet, **fail_once, "workers": 2, "ps": 1, "name": "mx-restart"},
+    }
+    if environments.for_framework("mxnet") is None:
+        specs = {k: v for k, v in specs.items() if v["framework"] != "mxnet"}
+    return submit_all(tmp_path_factory.mktemp("frameworks"), specs)

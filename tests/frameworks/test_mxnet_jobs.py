@@ -8,45 +8,22 @@ import re
 
 import pytest
 
-from .conftest import MXNET_TRAIN, SMALL, submit_all
-
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, mxnet_python: str):
-    """Three jobs trained side by side once for this module; none names its environment."""
-    job = {"script": str(MXNET_TRAIN), "framework": "mxnet"}
-    return submit_all(
-        tmp_path_factory.mktemp("mxnet"),
-        {
-            "single": {**job, "args": SMALL, "name": "mx-single"},
-            "dist": {**job, "args": SMALL, "workers": 2, "ps": 1, "name": "mx-dist"},
-            "restarted": {
-                **job,
-                "args": [*SMALL, "--fail-at-epoch", "1"],
-                "workers": 2,
-                "ps": 1,
-                "max_restarts": 1,
-                "name": "mx-restart",
-            },
-        },
-    )
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mxnet_python")]
 
 
 def test_jobs_run_in_the_mxnet_environment_without_naming_it(trained, mxnet_python):
-    for job in trained.values():
+    for job in (trained["mx-single"], trained["mx-dist"], trained["mx-restart"]):
         assert json.loads(job.paths.run_json.read_text())["spec"]["python"] == mxnet_python
 
 
-@pytest.mark.parametrize("kind", ["single", "dist"])
+@pytest.mark.parametrize("kind", ["mx-single", "mx-dist"])
 def test_job_writes_a_checkpoint_and_scalars_per_epoch(trained, kind):
     job = trained[kind]
     ckpts = job.checkpoints()
     assert [c.step for c in ckpts] == [1, 2]
     for c in ckpts:
         assert (c.path / "model-symbol.json").is_file() and (c.path / "model-0000.params").stat().st_size > 10_000
-    assert (ckpts[-1].path / "trainer.states").is_file() == (kind == "single")  # dist: optimizer lives on the server
+    assert (ckpts[-1].path / "trainer.states").is_file() == (kind == "mx-single")  # dist: optimizer lives on the server
     assert 0.1 < ckpts[-1].metrics["val_accuracy"] <= 1.0  # better than chance
     series = job.scalars()  # written with tensorboardX: no TensorFlow in that environment
     assert [s for s, _ in series["train/epoch_loss"]] == [1, 2]
@@ -56,11 +33,11 @@ def test_job_writes_a_checkpoint_and_scalars_per_epoch(trained, kind):
 
 
 def test_single_job_uses_a_local_kvstore(trained):
-    assert "kvstore device, rank 0 of 1" in trained["single"].logs()
+    assert "kvstore device, rank 0 of 1" in trained["mx-single"].logs()
 
 
 def test_dist_sync_job_runs_scheduler_server_and_two_synchronised_workers(trained):
-    job = trained["dist"]
+    job = trained["mx-dist"]
     logs = job.logs()
     assert "[scheduler-0] train.py: starting as scheduler" in logs
     assert "[server-0] train.py: starting as server" in logs
@@ -78,7 +55,7 @@ def test_dist_sync_job_runs_scheduler_server_and_two_synchronised_workers(traine
 
 
 def test_failed_dist_job_restarts_every_role_and_resumes(trained):
-    job = trained["restarted"]
+    job = trained["mx-restart"]
     logs = job.logs()
     assert job.record.attempt == 1 and "restart 1" in logs
     assert logs.count("[scheduler-0] train.py: starting as scheduler") == 2

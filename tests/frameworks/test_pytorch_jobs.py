@@ -7,32 +7,10 @@ import re
 
 import pytest
 
-from .conftest import SMALL, TORCH_TRAIN, submit_all
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """Three jobs trained side by side once for this module."""
-    job = {"script": str(TORCH_TRAIN), "framework": "pytorch"}
-    return submit_all(
-        tmp_path_factory.mktemp("torch"),
-        {
-            "single": {**job, "args": SMALL, "name": "torch-single"},
-            "ddp": {**job, "args": SMALL, "workers": 2, "name": "torch-ddp"},
-            "restarted": {
-                **job,
-                "args": [*SMALL, "--fail-at-epoch", "1"],
-                "workers": 2,
-                "max_restarts": 1,
-                "name": "torch-restart",
-            },
-        },
-    )
-
-
-@pytest.mark.parametrize("kind", ["single", "ddp"])
+@pytest.mark.parametrize("kind", ["torch-single", "torch-ddp"])
 def test_job_writes_a_checkpoint_and_scalars_per_epoch(trained, kind):
     job = trained[kind]
     ckpts = job.checkpoints()
@@ -49,22 +27,22 @@ def test_job_writes_a_checkpoint_and_scalars_per_epoch(trained, kind):
 
 
 def test_single_job_runs_without_a_process_group(trained):
-    assert "replica worker-0: rank 0 of 1 on cpu (process group: none)" in trained["single"].logs()
+    assert "replica worker-0: rank 0 of 1 on cpu (process group: none)" in trained["torch-single"].logs()
 
 
 def test_ddp_workers_form_one_gloo_group_and_end_with_equal_weights(trained):
-    logs = trained["ddp"].logs()
+    logs = trained["torch-ddp"].logs()
     for rank in (0, 1):
         assert f"[worker-{rank}] replica worker-{rank}: rank {rank} of 2 on cpu (process group: gloo)" in logs
     sums = {r: float(m) for r, m in re.findall(r"\[worker-(\d)\] weights checksum=(\S+)", logs)}
     assert set(sums) == {"0", "1"} and sums["0"] == pytest.approx(sums["1"], abs=1e-6)
     assert len(re.findall(r"\[worker-\d\] epoch \d/2", logs)) == 2  # only rank 0 reports and writes
-    spec = json.loads(trained["ddp"].paths.run_json.read_text())["spec"]
+    spec = json.loads(trained["torch-ddp"].paths.run_json.read_text())["spec"]
     assert spec["framework"] == "pytorch" and spec["workers"] == 2
 
 
 def test_failed_ddp_job_restarts_and_resumes_from_its_checkpoint(trained):
-    job = trained["restarted"]
+    job = trained["torch-restart"]
     logs = job.logs()
     assert job.record.attempt == 1 and "restart 1" in logs
     assert "failing on purpose after epoch 1" in logs

@@ -22,6 +22,8 @@ from workbench.registry.frameworks.base import Framework, Runtime
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     # name: ("module:Class", install hint)
     "tensorflow": ("workbench.registry.frameworks.tensorflow:TensorFlow", "pip install 'workbench[tensorflow]'"),
+    "pytorch": ("workbench.registry.frameworks.pytorch:PyTorch", "pip install 'workbench[pytorch]'"),
+    "mxnet": ("workbench.registry.frameworks.mxnet:MXNet", "bash scripts/setup-frameworks.sh (builds .venv-mxnet)"),
 }
 ALIASES = {"keras": "tensorflow", "tf": "tensorflow"}
 
