@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,7 +77,8 @@ def _read_exact(f: IO[bytes], n: int) -> bytes | None:
 class RemoteRuntime(Runtime):
     """Runs ``framework``'s runtime for ``version_dir`` in a child process of interpreter ``python``.
 
-    A child that dies is started again once per request before the request fails.
+    A child that dies is started again once per request before the request fails. The child
+    is stopped by :meth:`close`, or when the runtime is garbage-collected without it.
     """
 
     def __init__(self, framework: str, python: str, version_dir: Path, start_timeout: float = START_TIMEOUT_S):
@@ -84,18 +86,19 @@ class RemoteRuntime(Runtime):
         self._what = f"{framework} worker for {version_dir}"
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._box: list[subprocess.Popen[bytes] | None] = [None]  # the child; shared with the finalizer
+        weakref.finalize(self, _stop, self._box)
         self.signature = self._start()
 
     def _start(self) -> Signature:
         root = str(Path(__file__).resolve().parents[3])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-        self._proc = proc = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._box[0] = proc = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], self._start_timeout)
         answer = read_message(proc.stdout) if ready else None
         if answer is None or not answer[0].get("ok"):
-            self._stop()
+            _stop(self._box)
             why = answer[0].get("error") if answer else f"no answer within {self._start_timeout:.0f} s or it exited"
             raise RegistryError(f"the {self._what} did not start: {why}")
         return Signature.from_dict(answer[0]["signature"])
@@ -108,12 +111,12 @@ class RemoteRuntime(Runtime):
                 except (BrokenPipeError, EOFError, ConnectionError):
                     if attempt:
                         raise RegistryError(f"the {self._what} died twice in one request") from None
-                    self._stop()
+                    _stop(self._box)
                     self._start()
         raise AssertionError("unreachable")
 
     def _exchange(self, inputs: Arrays) -> Arrays:
-        proc = self._proc
+        proc = self._box[0]
         if proc is None or proc.poll() is not None:
             raise EOFError
         assert proc.stdin is not None and proc.stdout is not None
@@ -128,21 +131,22 @@ class RemoteRuntime(Runtime):
 
     def close(self) -> None:
         with self._lock:
-            self._stop()
+            _stop(self._box)
 
-    def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()  # the child exits when its stdin closes
-            proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+
+def _stop(box: list[subprocess.Popen[bytes] | None]) -> None:
+    proc, box[0] = box[0], None
+    if proc is None:
+        return
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child exits when its stdin closes
+        proc.wait(5)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def main(argv: list[str]) -> int:
