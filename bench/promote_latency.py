@@ -45,11 +45,17 @@ def main(argv: list[str]) -> int:
 
     import workbench as wb
 
-    job = wb.submit(str(ROOT / "examples" / "lenet" / "train.py"), args=["--epochs", str(a.epochs), "--limit", str(a.limit)], name="lenet")
+    job = wb.submit(
+        str(ROOT / "examples" / "lenet" / "train.py"),
+        args=["--epochs", str(a.epochs), "--limit", str(a.limit)],
+        name="lenet",
+    )
     port = free_ports(1)[0]
     ws.mkdir(parents=True, exist_ok=True)
     log = open(ws.parent / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     os.environ["WORKBENCH_SERVER_URL"] = f"http://127.0.0.1:{port}"
     try:
         assert job.wait(timeout=900) == "succeeded", job.logs()
@@ -72,13 +78,18 @@ def main(argv: list[str]) -> int:
             rest = total - v.timings["export_s"] - v.timings["validate_s"]
             rows.append((total, v.timings["export_s"], v.timings["validate_s"], rest))
             kind = "cold" if i == 0 else "warm"
-            print(f"promote {i + 1} ({kind}): {total:.2f} s to live  (export {v.timings['export_s']:.2f} s, "
-                  f"validation {v.timings['validate_s']:.2f} s, publish-to-live {rest:.2f} s)", flush=True)
+            print(
+                f"promote {i + 1} ({kind}): {total:.2f} s to live  (export {v.timings['export_s']:.2f} s, "
+                f"validation {v.timings['validate_s']:.2f} s, publish-to-live {rest:.2f} s)",
+                flush=True,
+            )
         warm = rows[1:]
         if warm:
             med = [statistics.median(r[k] for r in warm) for k in range(4)]
-            print(f"\nwarm promote-to-live, median of {len(warm)}: {med[0]:.2f} s (max {max(r[0] for r in warm):.2f} s); "
-                  f"export {med[1]:.2f} s, validation {med[2]:.2f} s, publish-to-live {med[3]:.2f} s; goal <= 2 s")
+            print(
+                f"\nwarm promote-to-live, median of {len(warm)}: {med[0]:.2f} s (max {max(r[0] for r in warm):.2f} s); "
+                f"export {med[1]:.2f} s, validation {med[2]:.2f} s, publish-to-live {med[3]:.2f} s; goal <= 2 s"
+            )
         print(f"cold (first) promote-to-live: {rows[0][0]:.2f} s; {os.cpu_count()} CPUs (shared)")
     finally:
         server.terminate()

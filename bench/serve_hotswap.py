@@ -63,7 +63,9 @@ def main(argv: list[str]) -> int:
     url = f"http://127.0.0.1:{port}"
     os.environ["WORKBENCH_SERVER_URL"] = url
     log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
     targets = [(f"{url}/v1/models/{m}:predict", body, a.concurrency) for m in ("lenet", "steady")]
@@ -108,13 +110,19 @@ def main(argv: list[str]) -> int:
         server.wait(30)
         log.close()
 
-    print(f"\ntwo LeNet-5 models in one server, {a.concurrency} connections each, {duration:.0f} s per phase, {os.cpu_count()} CPUs (shared)")
-    print(f"{'phase':<12} {'lenet req/s':>11} {'p50':>7} {'p99':>7} {'fail':>5}   {'steady req/s':>12} {'p50':>7} {'p99':>7} {'fail':>5}   swap s")
+    print(
+        f"\ntwo LeNet-5 models in one server, {a.concurrency} connections each, {duration:.0f} s per phase, {os.cpu_count()} CPUs (shared)"
+    )
+    print(
+        f"{'phase':<12} {'lenet req/s':>11} {'p50':>7} {'p99':>7} {'fail':>5}   {'steady req/s':>12} {'p50':>7} {'p99':>7} {'fail':>5}   swap s"
+    )
     for phase, (results, swap_times) in phases.items():
         swapped, steady = results
-        print(f"{phase:<12} {swapped.throughput:>11.0f} {swapped.percentile(50):>7.2f} {swapped.percentile(99):>7.2f} {swapped.errors:>5}"
-              f"   {steady.throughput:>12.0f} {steady.percentile(50):>7.2f} {steady.percentile(99):>7.2f} {steady.errors:>5}"
-              f"   {' '.join(f'{s:.1f}' for s in swap_times)}")
+        print(
+            f"{phase:<12} {swapped.throughput:>11.0f} {swapped.percentile(50):>7.2f} {swapped.percentile(99):>7.2f} {swapped.errors:>5}"
+            f"   {steady.throughput:>12.0f} {steady.percentile(50):>7.2f} {steady.percentile(99):>7.2f} {steady.errors:>5}"
+            f"   {' '.join(f'{s:.1f}' for s in swap_times)}"
+        )
     base = phases["baseline"][0][1].percentile(99)
     for phase in ("promotes", "swaps only"):
         print(f"steady p99 during {phase} / baseline: {phases[phase][0][1].percentile(99) / base:.2f}x (goal <= 1.5x)")

@@ -72,8 +72,12 @@ def in_process(version_dir: Path, levels: list[int], duration: float) -> dict[in
             t0 = time.perf_counter()
             runtime.predict(batch)
             times.append(time.perf_counter() - t0)
-        out[c] = {"rps": c * len(times) / sum(times), "p50": float(np.percentile(times, 50)) * 1000,
-                  "p99": float(np.percentile(times, 99)) * 1000, "errors": 0}
+        out[c] = {
+            "rps": c * len(times) / sum(times),
+            "p50": float(np.percentile(times, 50)) * 1000,
+            "p99": float(np.percentile(times, 99)) * 1000,
+            "errors": 0,
+        }
     runtime.close()
     return out
 
@@ -108,13 +112,19 @@ def start_workbench(workspace: Path, log: Path) -> tuple[subprocess.Popen[bytes]
     port = free_ports(1)[0]
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "serve", "--port", str(port)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/v2/models/lenet/ready", proc)
     return proc, url
 
 
-RUNTIME = '''
+RUNTIME = """
 import tensorflow as tf
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
@@ -131,7 +141,7 @@ class SavedModelRuntime(MLModel):
         x = NumpyCodec.decode_input(payload.inputs[0]).astype("float32")
         y = self._fn(image=tf.constant(x))["probabilities"].numpy()
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("probabilities", y)])
-'''
+"""
 
 
 def start_mlserver(version_dir: Path, folder: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -139,16 +149,36 @@ def start_mlserver(version_dir: Path, folder: Path, log: Path) -> tuple[subproce
     model = folder / "lenet"
     model.mkdir(parents=True)
     (model / "lenet_runtime.py").write_text(textwrap.dedent(RUNTIME))
-    (model / "model-settings.json").write_text(json.dumps({
-        "name": "lenet", "implementation": "lenet_runtime.SavedModelRuntime",
-        "parameters": {"uri": str(version_dir)}, "max_batch_size": 64, "max_batch_time": 0.002,
-    }))
-    (folder / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http, "grpc_port": grpc, "metrics_port": metrics, "debug": False,
-    }))
+    (model / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "lenet",
+                "implementation": "lenet_runtime.SavedModelRuntime",
+                "parameters": {"uri": str(version_dir)},
+                "max_batch_size": 64,
+                "max_batch_time": 0.002,
+            }
+        )
+    )
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "http_port": http,
+                "grpc_port": grpc,
+                "metrics_port": metrics,
+                "debug": False,
+            }
+        )
+    )
     with open(log, "wb") as f:
-        proc = subprocess.Popen([str(MLSERVER), "start", str(folder)], stdout=f, stderr=subprocess.STDOUT, cwd=folder,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        proc = subprocess.Popen(
+            [str(MLSERVER), "start", str(folder)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
     url = f"http://127.0.0.1:{http}"
     wait_ready(f"{url}/v2/models/lenet/ready", proc)
     return proc, url
@@ -174,9 +204,13 @@ def main(argv: list[str]) -> int:
     version_dir = export_lenet(tmp / "workspace")
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     rest_body = json.dumps({"instances": x.tolist()}).encode()
-    v2_body = json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}).encode()
+    v2_body = json.dumps(
+        {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    ).encode()
 
-    results: dict[str, dict[int, dict[str, float]]] = {"in-process (batched)": in_process(version_dir, levels, a.duration)}
+    results: dict[str, dict[int, dict[str, float]]] = {
+        "in-process (batched)": in_process(version_dir, levels, a.duration)
+    }
     proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
     try:
         results["workbench REST"] = load(f"{url}/v1/models/lenet:predict", rest_body, levels, a.duration)
@@ -196,13 +230,26 @@ def main(argv: list[str]) -> int:
     print(f"\nLeNet-5, one 28x28 image per request, {a.duration:.0f} s per level, {os.cpu_count()} CPUs (shared)")
     print(f"{'target':<22}" + "".join(f"  c={c:<3} req/s  p50 ms  p99 ms  err" for c in levels))
     for name, by_c in results.items():
-        print(f"{name:<22}" + "".join(f"  {by_c[c]['rps']:>9.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>4.0f}" for c in levels))
+        print(
+            f"{name:<22}"
+            + "".join(
+                f"  {by_c[c]['rps']:>9.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>4.0f}"
+                for c in levels
+            )
+        )
     limit = results["in-process (batched)"]
     for name in [n for n in results if n != "in-process (batched)"]:
-        print(f"{name} / in-process: " + "  ".join(f"c={c}: {results[name][c]['rps'] / limit[c]['rps']:.2f}x" for c in levels))
+        print(
+            f"{name} / in-process: "
+            + "  ".join(f"c={c}: {results[name][c]['rps'] / limit[c]['rps']:.2f}x" for c in levels)
+        )
     if "MLServer V2" in results:
-        print("workbench V2 / MLServer V2: " + "  ".join(
-            f"c={c}: {results['workbench V2'][c]['rps'] / results['MLServer V2'][c]['rps']:.2f}x" for c in levels))
+        print(
+            "workbench V2 / MLServer V2: "
+            + "  ".join(
+                f"c={c}: {results['workbench V2'][c]['rps'] / results['MLServer V2'][c]['rps']:.2f}x" for c in levels
+            )
+        )
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "serve_throughput.json").write_text(json.dumps(results, indent=1))

@@ -117,3 +117,29 @@ def digits() -> list[list[list[float]]]:
 
     (_, _), (x_val, _), _ = mnist.load_data(limit=4)
     return x_val[:4].tolist()
+
+
+@pytest.fixture(scope="session")
+def base(trained, server):
+    """One real promote (step 1 of the trained job), whose export the ``publish`` fixture copies."""
+    return wb.promote(trained, model="base", checkpoint=1)
+
+
+@pytest.fixture(scope="session")
+def publish(base):
+    """``publish(model)``: a new version of ``model`` that is a copy of ``base``'s export, without export or
+    validation (tests about routing and swapping need versions, not the cost of making them)."""
+    import shutil
+
+    from workbench.registry.store import ModelStore
+    from workbench.workspace import Workspace
+
+    entry = ModelStore(Workspace.current(), "base").read()["versions"]["1"]
+
+    def make(model: str, **kwargs) -> int:
+        store = ModelStore(Workspace.current(), model)
+        staging = store.staging_dir()
+        shutil.copytree(base.path, staging, dirs_exist_ok=True)
+        return store.publish(staging, entry, **kwargs)
+
+    return make

@@ -35,8 +35,8 @@ def test_promote_and_models_commands(trained, server):
     assert r.returncode == 2 and "no-such-job" in r.stderr
 
 
-def test_workbench_up_starts_the_server_and_predict_finds_it(trained, serving_ws, digits, monkeypatch):
-    wb.promote(trained, model="upped", checkpoint=1, wait=0)
+def test_workbench_up_starts_the_server_and_predict_finds_it(publish, serving_ws, digits, monkeypatch):
+    publish("upped")
     monkeypatch.delenv("WORKBENCH_SERVER_URL")  # predict must find the server through state/services.json
     port = free_ports(1)[0]
     up = subprocess.Popen(

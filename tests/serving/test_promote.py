@@ -60,11 +60,12 @@ def test_promote_latest_best_and_step_with_lineage(trained, server, digits):
         wb.promote(trained, model="pick", checkpoint="best", metric="bleu")
 
 
-def test_new_version_goes_live_without_restart(trained, server, digits):
+def test_new_version_goes_live_without_restart(trained, server, digits, publish):
     pid = server.proc.pid
-    v1 = wb.promote(trained, model="live", checkpoint=1)
+    publish("live")
+    server.wait_version("live", 1)
     out = wb.predict("live", digits[:2])
-    assert out.version == v1.version == 1 and len(out) == 2 and len(out[0]) == 10
+    assert out.version == 1 and len(out) == 2 and len(out[0]) == 10
     t0 = time.monotonic()
     v2 = wb.promote(trained, model="live", checkpoint=2)  # returns once the server serves it
     assert wb.predict("live", digits[:2]).version == 2, server.log_text()[-2000:]
@@ -72,9 +73,10 @@ def test_new_version_goes_live_without_restart(trained, server, digits):
     assert server.proc.pid == pid and server.proc.poll() is None
 
 
-def test_rollback_labels_and_traffic_split(trained, server, digits):
-    wb.promote(trained, model="roll", checkpoint=1)
-    wb.promote(trained, model="roll", checkpoint=2)
+def test_rollback_labels_and_traffic_split(publish, server, digits):
+    publish("roll")
+    publish("roll")
+    server.wait_version("roll", 2)
     assert wb.predict("roll", digits[:1]).version == 2
 
     assert wb.rollback("roll") == 1
@@ -105,8 +107,9 @@ def test_rollback_labels_and_traffic_split(trained, server, digits):
     assert {wb.predict("roll", digits[:1]).version for _ in range(10)} == {1}
 
 
-def test_bad_checkpoint_or_failed_gate_publishes_nothing(trained, server, digits, tmp_path):
-    wb.promote(trained, model="guard", checkpoint=1)
+def test_bad_checkpoint_or_failed_gate_publishes_nothing(publish, server, digits, tmp_path):
+    publish("guard")
+    server.wait_version("guard", 1)
     before = (server.workspace / "models" / "guard" / "model.json").read_text()
 
     junk = tmp_path / "ckpt-0009.keras"
@@ -114,19 +117,19 @@ def test_bad_checkpoint_or_failed_gate_publishes_nothing(trained, server, digits
     with pytest.raises(CheckpointError, match="cannot load .* as a full Keras model"):
         wb.promote(None, model="guard", checkpoint=junk, framework="tensorflow")
 
-    # a model that exports fine but answers NaN: stopped by the validation gate
-    builder = tmp_path / "nan_model.py"
+    # weights that export fine but answer NaN: stopped by the validation gate
+    builder = tmp_path / "dense_model.py"
     builder.write_text(
-        "import keras, numpy as np\n"
+        "import keras\n"
         "def build():\n"
-        "    m = keras.Sequential([keras.Input((28, 28), name='image'), keras.layers.Flatten(), keras.layers.Dense(10, name='probabilities')])\n"
-        "    m.set_weights([np.full(w.shape, np.nan, 'float32') for w in m.get_weights()])\n"
-        "    return m\n"
+        "    return keras.Sequential([keras.Input((28, 28), name='image'), keras.layers.Flatten(), keras.layers.Dense(10, name='probabilities')])\n"
     )
     weights = tmp_path / "nan.weights.h5"
     import keras
 
-    keras.Sequential([keras.Input((28, 28), name="image"), keras.layers.Flatten(), keras.layers.Dense(10)]).save_weights(weights)
+    nan_model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    nan_model.set_weights([np.full(w.shape, np.nan, "float32") for w in nan_model.get_weights()])
+    nan_model.save_weights(weights)
     with pytest.raises(ValidationError, match="NaN"):
         wb.promote(None, model="guard", checkpoint=weights, builder=f"{builder}:build", framework="tensorflow")
     assert (server.workspace / "models" / "guard" / "model.json").read_text() == before
@@ -134,9 +137,10 @@ def test_bad_checkpoint_or_failed_gate_publishes_nothing(trained, server, digits
     assert wb.predict("guard", digits[:1]).version == 1
 
 
-def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(trained, server, digits):
-    wb.promote(trained, model="corrupt", checkpoint=1)
-    wb.promote(trained, model="corrupt", checkpoint=2)
+def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(publish, server, digits):
+    publish("corrupt")
+    publish("corrupt")
+    server.wait_version("corrupt", 2)
     staging = server.workspace / "models" / "corrupt" / ".staging-by-hand"
     shutil.copytree(server.workspace / "models" / "corrupt" / "2", staging)
     (staging / "saved_model.pb").write_bytes(b"\x00garbage" * 100)
@@ -165,13 +169,14 @@ def test_concurrent_promotes_get_distinct_versions(trained, server):
         except Exception as e:  # collected: the assertion below shows it
             errors.append(e)
 
-    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2, 1)]
+    threads = [threading.Thread(target=go, args=(s,)) for s in (1, 2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    assert sorted(results) == [1, 2, 3]
+    assert sorted(results) == [1, 2]
     data = ModelStore(Workspace.current(), "race").read()
-    assert sorted(data["versions"], key=int) == ["1", "2", "3"]
+    assert sorted(data["versions"], key=int) == ["1", "2"]
+    assert {data["versions"][v]["source"]["step"] for v in ("1", "2")} == {1, 2}
     assert not [p for p in (server.workspace / "models" / "race").iterdir() if p.name.startswith(".staging")]

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def proto(trained, server):
-    """Model "proto": version 1 (step 1, label stable) and version 2 (step 2, live)."""
-    wb.promote(trained, model="proto", checkpoint=1, label="stable")
+def proto(trained, server, publish):
+    """Model "proto": version 1 (a copy of step 1, label stable) and version 2 (step 2, live)."""
+    publish("proto", label="stable")
     wb.promote(trained, model="proto", checkpoint=2)
     server.wait_version("proto", 2)
     return server.url + "/v1/models/proto"

@@ -227,7 +227,7 @@ class ModelRepository:
                 del failed[v]  # the folder changed: try again
         wanted = self._wanted(data, on_disk, failed)
         for v in sorted(wanted - set(servables) - set(failed), reverse=True):
-            self._models[name] = ModelState(name, data, dict(servables), dict(failed), frozenset({v}))
+            self._set(name, ModelState(name, data, dict(servables), dict(failed), frozenset({v})))
             try:
                 servables[v] = self._load(name, v, on_disk[v], data)
             except Exception as e:
@@ -238,7 +238,7 @@ class ModelRepository:
                           name, v, failed[v], sorted(servables) or "nothing")
         keep = {v: s for v, s in servables.items() if v in wanted}
         state = ModelState(name, data, keep, failed)
-        self._models[name] = state  # the swap: requests from now on resolve against the new state
+        self._set(name, state)  # the swap: requests from now on resolve against the new state
         for v, s in servables.items():
             if v not in keep:
                 self._retire(name, s)
@@ -288,8 +288,18 @@ class ModelRepository:
         self.metrics.loaded.remove(labels(name, servable.version))
         servable.retire()
 
+    def _set(self, name: str, state: ModelState | None) -> None:
+        """Replace the whole table (copy on write), so request handlers never see it change under them."""
+        models = dict(self._models)
+        if state is None:
+            models.pop(name, None)
+        else:
+            models[name] = state
+        self._models = models
+
     def _drop(self, name: str) -> None:
-        state = self._models.pop(name)
+        state = self._models[name]
+        self._set(name, None)
         self._fingerprints.pop(name, None)
         for s in state.servables.values():
             self._retire(name, s)
