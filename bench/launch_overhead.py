@@ -17,6 +17,10 @@ load touches both sides alike. Printed:
   the job's first log line (vs ``Popen`` to the direct run's first line), the
   time from the last log line to the job's end (vs to the direct process's
   exit), and the CPU time the job's launcher process used;
+- the CPU-time ratio job / direct: CPU seconds of the whole process tree
+  (for the job: its launcher and the replica), sampled the same way on both
+  sides. On a machine shared with other work the wall-time ratio is mostly
+  noise; CPU time barely depends on the load;
 - the test accuracy each run printed (``test_accuracy=...``; goal >= 0.98
   after 10 epochs on the full data).
 
@@ -37,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,11 +62,56 @@ class Run:
     first_line_s: float  # direct: after Popen; job: after submit returned
     tail_s: float  # from the last log line to the process's exit (direct) or the job's recorded end (job)
     submit_s: float  # job: how long the submit call took; direct: 0
-    launcher_cpu_s: float  # job: CPU seconds of its launcher (supervisor) process; direct: 0
+    cpu_s: float  # CPU seconds of the process tree: the script (direct), or the launcher and its replica (job)
+    launcher_cpu_s: float  # job: CPU seconds of its launcher (supervisor) process alone; direct: 0
     test_accuracy: float | None
     ok: bool
     load_1min: float  # the machine's load average when the run ended: how busy the cores were
     detail: str = ""
+
+
+class TreeCpu(threading.Thread):
+    """Samples the CPU time of a process and its descendants every ``interval`` s, until ``stop()``.
+
+    Each process keeps its last sample after it exits, so the total misses at
+    most the last interval of each process: the same on both sides.
+    """
+
+    def __init__(self, root_pid: Callable[[], int | None], interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.root_pid = root_pid
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self.root: float = 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        pid = None
+        while not self._stop_event.wait(self.interval):
+            pid = pid or self.root_pid()
+            if not pid:
+                continue
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                self.seen[proc.pid] = t.user + t.system
+                if proc.pid == pid:
+                    self.root = self.seen[pid]
+
+    def stop(self) -> float:
+        """Stop sampling; return the tree's total CPU seconds."""
+        self._stop_event.set()
+        self.join()
+        return sum(self.seen.values())
 
 
 def train_args(args: argparse.Namespace) -> list[str]:
@@ -91,6 +142,8 @@ def run_direct(args: argparse.Namespace, rnd: int, scratch: Path) -> Run:
         text=True,
     )
     assert proc.stdout is not None
+    cpu = TreeCpu(lambda: proc.pid)
+    cpu.start()
     first = last = None
     lines = []
     for line in proc.stdout:
@@ -99,41 +152,38 @@ def run_direct(args: argparse.Namespace, rnd: int, scratch: Path) -> Run:
         lines.append(line)
     code = proc.wait()
     end = time.perf_counter()
+    cpu_s = cpu.stop()
     (out / "stdout.log").write_text("".join(lines))
     accuracy = _accuracy("".join(lines))
     ok = code == 0 and accuracy is not None
     detail = "" if ok else f"exit status {code}; see {out / 'stdout.log'}"
     first_s = (first or end) - t0
-    return Run("direct", rnd, end - t0, first_s, end - (last or end), 0.0, 0.0, accuracy, ok, _load(), detail)
+    tail = end - (last or end)
+    return Run("direct", rnd, end - t0, first_s, tail, 0.0, cpu_s, 0.0, accuracy, ok, _load(), detail)
 
 
 def run_job(args: argparse.Namespace, rnd: int) -> Run:
-    import psutil
-
     import workbench as wb
 
     t0, t0_clock = time.perf_counter(), time.time()  # the job's recorded end is wall-clock time
     job = wb.submit(str(SCRIPT), args=train_args(args), name=f"bench-lenet-{rnd}")
     returned = time.perf_counter()
+    cpu = TreeCpu(lambda: job.record.supervisor_pid)
+    cpu.start()
     first = None
-    cpu = 0.0
     try:
         while first is None and not job.done():
             if job.logs():
                 first = time.perf_counter() - returned
             else:
                 time.sleep(0.01)
-        # Poll gently: a busy poll would take CPU from the training it measures.
         while not job.done():
-            try:
-                times = psutil.Process(job.record.supervisor_pid).cpu_times()
-                cpu = times.user + times.system
-            except (psutil.Error, ValueError):
-                pass
-            time.sleep(1.0)
+            time.sleep(1.0)  # gently: a busy poll would take CPU from the training it measures
     except BaseException:
         job.cancel()  # the job is detached: don't leave it training after Ctrl-C
         raise
+    finally:
+        cpu_s = cpu.stop()
     record = job.record
     ended = record.ended or time.time()
     log = job.paths.replica_log("worker", 0)
@@ -142,7 +192,8 @@ def run_job(args: argparse.Namespace, rnd: int) -> Run:
     ok = record.state == "succeeded" and accuracy is not None
     detail = "" if ok else f"job {job.id} {record.state}: {record.message}; see {job.paths.logs}"
     first_s = first if first is not None else ended - t0_clock
-    return Run("job", rnd, ended - t0_clock, first_s, tail, returned - t0, cpu, accuracy, ok, _load(), detail)
+    wall = ended - t0_clock
+    return Run("job", rnd, wall, first_s, tail, returned - t0, cpu_s, cpu.root, accuracy, ok, _load(), detail)
 
 
 def _accuracy(text: str) -> float | None:
@@ -159,14 +210,12 @@ def _median(runs: list[Run], field: str) -> float:
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
-    head = (
-        f"{'round':>5}  {'mode':<6}  {'wall s':>8}  {'first line s':>12}  {'tail s':>6}  {'test acc':>8}  {'load':>5}"
-    )
+    head = f"{'round':>5}  {'mode':<6}  {'wall s':>8}  {'cpu s':>8}  {'first line s':>12}  {'tail s':>6}  {'test acc':>8}  {'load':>5}"
     print(head)
     for r in runs:
         acc = f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-"
         print(
-            f"{r.round:>5}  {r.mode:<6}  {r.wall_s:>8.2f}  {r.first_line_s:>12.3f}  {r.tail_s:>6.2f}  {acc:>8}  "
+            f"{r.round:>5}  {r.mode:<6}  {r.wall_s:>8.2f}  {r.cpu_s:>8.2f}  {r.first_line_s:>12.3f}  {r.tail_s:>6.2f}  {acc:>8}  "
             f"{r.load_1min:>5.2f}  {r.detail}"
         )
     direct = [r for r in runs if r.mode == "direct"]
@@ -175,6 +224,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     mark = "meets" if ratio <= RATIO_GOAL else "misses"
     rounds = ", ".join(f"{j.wall_s / d.wall_s:.3f}" for d, j in zip(direct, jobs, strict=True))
     print(f"wall-time ratio job/direct: {ratio:.3f} ({mark} the goal <= {RATIO_GOAL}); per round: {rounds}")
+    cpu_ratio = sum(r.cpu_s for r in jobs) / sum(r.cpu_s for r in direct)
+    cpu_rounds = ", ".join(f"{j.cpu_s / d.cpu_s:.3f}" for d, j in zip(direct, jobs, strict=True))
+    print(f"CPU-time ratio job/direct: {cpu_ratio:.3f}; per round: {cpu_rounds}")
     start = _median(jobs, "submit_s") + _median(jobs, "first_line_s") - _median(direct, "first_line_s")
     end = _median(jobs, "tail_s") - _median(direct, "tail_s")
     print(
