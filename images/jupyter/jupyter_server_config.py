@@ -26,8 +26,14 @@ def _tensorboard_command(port: int, base_url: str) -> list[str]:
     runs = os.path.join(os.environ.get("WORKBENCH_WORKSPACE", os.getcwd()), "runs")
     os.makedirs(runs, exist_ok=True)
     return [
-        sys.executable, "-m", "tensorboard.main", f"--logdir={runs}", "--host=127.0.0.1", f"--port={port}",
-        f"--path_prefix={base_url}tensorboard", "--reload_interval=5",
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        f"--logdir={runs}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--path_prefix={base_url}tensorboard",
+        "--reload_interval=5",
     ]
 
 

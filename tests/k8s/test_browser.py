@@ -90,21 +90,48 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def jupyterlab(request: pytest.FixtureRequest, workspace: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """JupyterLab at http://127.0.0.1:<port>/wb/ with the jupyter image's settings; yields (base URL, token)."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace), "JUPYTER_TOKEN": uuid.uuid4().hex,
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "WORKBENCH_WORKSPACE": str(workspace),
+        "JUPYTER_TOKEN": uuid.uuid4().hex,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "HOME": str(tmp_path),
+    }
     procs = []
     if request.param == "sidecar":  # as in the chart: its own process, same prefix, found by port
         tb_port = free_port()
-        procs.append(start([str(bin_dir / "tensorboard"), f"--logdir={workspace / 'runs'}", "--host=127.0.0.1",
-                            f"--port={tb_port}", "--path_prefix=/wb/tensorboard"], tmp_path / "tensorboard.log", env))
+        procs.append(
+            start(
+                [
+                    str(bin_dir / "tensorboard"),
+                    f"--logdir={workspace / 'runs'}",
+                    "--host=127.0.0.1",
+                    f"--port={tb_port}",
+                    "--path_prefix=/wb/tensorboard",
+                ],
+                tmp_path / "tensorboard.log",
+                env,
+            )
+        )
         env["WORKBENCH_TENSORBOARD_PORT"] = str(tb_port)
     port = free_port()
-    procs.append(start(
-        [str(bin_dir / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.base_url=/wb/", f"--ServerApp.root_dir={workspace}", "--allow-root",
-         f"--config={IMAGES / 'jupyter' / 'jupyter_server_config.py'}"],
-        tmp_path / "jupyter.log", env,
-    ))
+    procs.append(
+        start(
+            [
+                str(bin_dir / "jupyter"),
+                "lab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                "--ServerApp.base_url=/wb/",
+                f"--ServerApp.root_dir={workspace}",
+                "--allow-root",
+                f"--config={IMAGES / 'jupyter' / 'jupyter_server_config.py'}",
+            ],
+            tmp_path / "jupyter.log",
+            env,
+        )
+    )
     base = f"http://127.0.0.1:{port}/wb/"
     try:
         wait_http(f"{base}api/status", 90, procs[-1], params={"token": env["JUPYTER_TOKEN"]})
@@ -139,8 +166,11 @@ def test_tensorboard_in_jupyterlab_shows_the_jobs_scalars(jupyterlab: tuple[str,
             scalars.append(response)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         context.on("response", watch)
         page = context.new_page()

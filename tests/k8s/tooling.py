@@ -33,6 +33,7 @@ IMAGE_NAMES = ["trainer-tensorflow", "trainer-pytorch", "trainer-mxnet", "tensor
 BASE_IMAGE = "workbench-base:bookworm"
 PREFIX, TAG = "workbench-test", "test"
 DOCKER_CLIENT = "/usr/bin/docker"  # docker.io's client, the daemon's own version
+BASE_PYTHON = "3.11.2"  # bookworm's python3: the wheelhouse is resolved for it, not for this machine's Python
 
 
 def image(name: str) -> str:
@@ -209,7 +210,12 @@ def fill_wheelhouse(wheel: Path) -> Path:
     house.mkdir(parents=True, exist_ok=True)
     for requirements, numpy_pin in requirement_sets(wheel):
         key = "\n".join(
-            [*(r.replace(str(wheel), "workbench") for r in requirements), numpy_pin, wheel_requirements(wheel)]
+            [
+                BASE_PYTHON,
+                *(r.replace(str(wheel), "workbench") for r in requirements),
+                numpy_pin,
+                wheel_requirements(wheel),
+            ]
         )
         stamp = house / f".done-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         if stamp.exists():
@@ -220,7 +226,19 @@ def fill_wheelhouse(wheel: Path) -> Path:
             constraint.write_text(numpy_pin + "\n")
             env["PIP_CONSTRAINT"] = " ".join(filter(None, [_pip_config("global.constraint"), str(constraint)]))
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "-d", str(house), *requirements],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "-d",
+                str(house),
+                "--python-version",
+                BASE_PYTHON,
+                "--only-binary=:all:",
+                *requirements,
+            ],
             capture_output=True,
             text=True,
             env=env,
