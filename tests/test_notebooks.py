@@ -95,7 +95,7 @@ def test_quickstart_trains_in_the_notebook_and_logs_to_tensorboard(workspace, tm
 
 @pytest.mark.slow
 def test_jobs_notebook_runs_single_and_two_worker_jobs_and_cancels(workspace, tmp_path):
-    nb = execute("02_jobs.ipynb", tmp_path, **SMALL, long_epochs=200, watch_before_cancel=8)
+    nb = execute("02_jobs.ipynb", tmp_path, **SMALL, long_epochs=200, watch_before_cancel=15)
     text = text_of(nb)
     assert "lenet: succeeded" in text
     assert "lenet-2w: succeeded" in text
