@@ -4,11 +4,9 @@ model server: the answers equal what the trained model computes in its own frame
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,48 +16,26 @@ import pytest
 import requests
 
 import workbench as wb
-from workbench.backends.local.processes import alive, free_ports, wait_for
+from workbench.backends.local.processes import alive, wait_for
 from workbench.datasets import mnist
 
+from ..serving.conftest import Server, start_server, stop_server
 from .conftest import MXNET_TRAIN, TORCH_TRAIN
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(trained: dict[str, wb.Job], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(trained: dict[str, wb.Job], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``workbench serve`` over the trained jobs' workspace, made current for promote and predict."""
     workspace = trained["torch-ddp"].workspace.root
-    port = free_ports(1)[0]
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "serve", "--host", "127.0.0.1", "--port", str(port), "--poll", "0.2"],
-            env={**os.environ, "WORKBENCH_WORKSPACE": str(workspace)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    srv = start_server(workspace, tmp_path_factory.mktemp("server") / "server.log", "--poll", "0.2")
     mp = pytest.MonkeyPatch()
     mp.setenv("WORKBENCH_WORKSPACE", str(workspace))
-    mp.setenv("WORKBENCH_SERVER_URL", url)
-    try:
-        deadline = time.monotonic() + 120
-        while not _ready(url):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield url
-    finally:
-        mp.undo()
-        proc.terminate()
-        proc.wait(30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
-    except requests.RequestException:  # not listening yet, or too busy starting to answer
-        return False
+    mp.setenv("WORKBENCH_SERVER_URL", srv.url)
+    yield srv
+    mp.undo()
+    stop_server(srv)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +114,9 @@ def test_mxnet_checkpoint_promotes_and_serves_what_it_computes(trained, server, 
 def test_the_server_runs_mxnet_models_in_a_worker_of_the_mxnet_environment(trained, server, digits, mxnet_python):
     wb.promote(trained["mx-single"], model="mx-worker", checkpoint="latest")
     before = wb.predict("mx-worker", instances=digits[:4])
-    server_proc = next(
-        p for p in psutil.process_iter(["cmdline"]) if server.rsplit(":", 1)[1] in (p.info["cmdline"] or [])
-    )
-    workers = [p for p in server_proc.children() if "workbench.registry.frameworks.remote" in p.cmdline()]
+    workers = [
+        p for p in psutil.Process(server.proc.pid).children() if "workbench.registry.frameworks.remote" in p.cmdline()
+    ]
     assert len(workers) >= 1 and all(Path(p.cmdline()[0]) == Path(mxnet_python) for p in workers)
     mine = next(p for p in workers if any("mx-worker" in part for part in p.cmdline()))
 
@@ -149,7 +124,7 @@ def test_the_server_runs_mxnet_models_in_a_worker_of_the_mxnet_environment(train
     assert wait_for(lambda: not alive(mine.pid), 10)
     np.testing.assert_allclose(np.array(wb.predict("mx-worker", instances=digits[:4])), np.array(before), rtol=1e-6)
 
-    bad = requests.post(f"{server}/v1/models/mx-worker:predict", json={"instances": digits[:2, :5].tolist()})
+    bad = requests.post(f"{server.url}/v1/models/mx-worker:predict", json={"instances": digits[:2, :5].tolist()})
     assert bad.status_code == 400 and "28" in bad.json()["error"]  # checked against the signature, not by MXNet
 
 
