@@ -16,6 +16,10 @@ Against the same SavedModel (LeNet-5, exported by ``workbench.promote``):
 The load generator (``workbench.serving.loadgen``, asyncio, one thread)
 shares the machine with the server it measures. Goal: workbench >= 0.6x the
 in-process limit, and ahead of MLServer.
+
+``--frameworks pytorch,mxnet`` (the default) adds their rows
+(``bench/_frameworks.py``): each framework's in-process limit, the same
+server serving its LeNet, and TensorFlow's LeNet served beside them.
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ def export_lenet(workspace: Path) -> Path:
     return v.path
 
 
-def in_process(version_dir: Path, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
+def in_process(
+    version_dir: Path, levels: list[int], duration: float, framework: str = "tensorflow"
+) -> dict[int, dict[str, float]]:
     from workbench.registry.frameworks import get_framework
 
-    runtime = get_framework("tensorflow").load(version_dir)
+    runtime = get_framework(framework).load(version_dir)
     out = {}
     for c in levels:
         batch = runtime.signature.sample(c)
@@ -198,6 +204,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level and target")
     p.add_argument("--levels", default="1,8,64")
     p.add_argument("--no-mlserver", action="store_true")
+    p.add_argument("--frameworks", default="pytorch,mxnet", help="rows for these beside TensorFlow ('' for none)")
     a, _ = p.parse_known_args(argv)
     levels = [int(x) for x in a.levels.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
@@ -217,6 +224,11 @@ def main(argv: list[str]) -> int:
         results["workbench V2"] = load(f"{url}/v2/models/lenet/infer", v2_body, levels, a.duration)
     finally:
         stop(proc)
+    from bench import _frameworks
+
+    others = _frameworks.available([f for f in a.frameworks.split(",") if f])
+    if others:
+        results.update(_frameworks.rows(tmp / "workspace", others, levels, a.duration, rest_body))
     if not a.no_mlserver:
         if MLSERVER.exists():
             proc, url = start_mlserver(version_dir, tmp / "mlserver", tmp / "mlserver.log")
@@ -228,17 +240,17 @@ def main(argv: list[str]) -> int:
             print("MLServer skipped: run `bash bench/setup_mlserver.sh` first")
 
     print(f"\nLeNet-5, one 28x28 image per request, {a.duration:.0f} s per level, {os.cpu_count()} CPUs (shared)")
-    print(f"{'target':<22}" + "".join(f"  c={c:<3} req/s  p50 ms  p99 ms  err" for c in levels))
+    print(f"{'target':<36}" + "".join(f"  c={c:<3} req/s  p50 ms  p99 ms  err" for c in levels))
     for name, by_c in results.items():
         print(
-            f"{name:<22}"
+            f"{name:<36}"
             + "".join(
                 f"  {by_c[c]['rps']:>9.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>4.0f}"
                 for c in levels
             )
         )
-    limit = results["in-process (batched)"]
-    for name in [n for n in results if n != "in-process (batched)"]:
+    for name in [n for n in results if "in-process" not in n]:
+        limit = results[_frameworks.limit_of(name, results)]
         print(
             f"{name} / in-process: "
             + "  ".join(f"c={c}: {results[name][c]['rps'] / limit[c]['rps']:.2f}x" for c in levels)

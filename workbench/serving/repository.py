@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,8 +172,10 @@ class ModelRepository:
 
     # -------------------------------------------------------------- watching
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+    def start(self, prepare: Callable[[], None] | None = None) -> None:
+        """Watch ``models/`` from a thread; ``prepare`` (e.g. importing frameworks) runs there before the first scan,
+        so that nothing imports a framework from two threads at once."""
+        self._thread = threading.Thread(target=self._watch, args=(prepare,), name="model-watcher", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
@@ -188,7 +191,9 @@ class ModelRepository:
             for s in state.servables.values():
                 s.retire()
 
-    def _watch(self) -> None:
+    def _watch(self, prepare: Callable[[], None] | None) -> None:
+        if prepare is not None:
+            prepare()
         while not self._stop.is_set():
             try:
                 self.scan()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 
 from workbench import settings
 from workbench.serving.app import ServerApp
@@ -43,8 +42,8 @@ def serve(
     predlog = PredictionLog(db_path(ws), on_drop=lambda: metrics.log_dropped.inc()) if sample > 0 else None
     max_body = int((max_body_mb or float(settings.SERVE_MAX_BODY_MB.get())) * 1024 * 1024)
     app = ServerApp(repo, metrics, max_body, predlog, sample)
-    repo.start()
-    threading.Thread(target=_preload, args=(settings.SERVE_PRELOAD.get(),), name="preload", daemon=True).start()
+    preload = settings.SERVE_PRELOAD.get()
+    repo.start(prepare=lambda: _preload(preload))
     config = uvicorn.Config(
         app, host=host, port=port, loop=_loop(), http="httptools", lifespan="on", log_level="warning",
         access_log=False, backlog=2048, timeout_keep_alive=60,
@@ -59,7 +58,10 @@ def serve(
 
 
 def _preload(names: str) -> None:
-    """Import frameworks now, so the first model that is promoted goes live without waiting for the import."""
+    """Import frameworks now, so the first model that is promoted goes live without waiting for the import.
+
+    Runs on the watcher thread before its first scan: TensorFlow imported from two threads at once can fail
+    ("Registering two gradient with name ...")."""
     from workbench.errors import RegistryError
     from workbench.registry.frameworks import get_framework
 
