@@ -53,6 +53,8 @@ def export_lenet(workspace: Path) -> Path:
 
     import workbench as wb
 
+    workspace.mkdir(parents=True, exist_ok=True)
+    workspace.mkdir(parents=True, exist_ok=True)
     ckpt = workspace / "ckpt-0001.keras"
     keras.utils.set_random_seed(0)
     build_lenet().save(ckpt)
@@ -174,6 +176,9 @@ def start_mlserver(version_dir: Path, folder: Path, log: Path) -> tuple[subproce
                 "grpc_port": grpc,
                 "metrics_port": metrics,
                 "debug": False,
+                # inference in the server process: MLServer 1.7's worker pool fails at start with uvloop >= 0.22,
+                # and for a model this small one process is also MLServer's faster setting
+                "parallel_workers": 0,
             }
         )
     )
@@ -186,7 +191,11 @@ def start_mlserver(version_dir: Path, folder: Path, log: Path) -> tuple[subproce
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     url = f"http://127.0.0.1:{http}"
-    wait_ready(f"{url}/v2/models/lenet/ready", proc)
+    try:
+        wait_ready(f"{url}/v2/models/lenet/ready", proc, timeout=180)
+    except RuntimeError:
+        stop(proc)
+        raise
     return proc, url
 
 

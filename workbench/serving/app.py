@@ -84,7 +84,8 @@ class ServerApp:
         except Exception as e:  # a bug of ours: answer, log, keep serving
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             response = Response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
-        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]  # else chunked
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
     async def _route(self, scope: Scope, receive: Receive) -> Response:
