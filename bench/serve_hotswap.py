@@ -7,13 +7,15 @@ gets new versions, and "steady", which does not. Both get steady closed-loop
 load (``--concurrency`` connections each) in three phases of equal length:
 
 1. baseline: no swaps;
-2. promotes: ``--swaps`` successive ``workbench.promote`` calls of "lenet"
+2. promotes: ``--swaps`` successive ``workbench.promote`` calls of "lenet",
+   each waiting until the server serves the new version
    (export and validation run in worker processes on the same machine, then
    the server loads, warms up and swaps in each version);
 3. swaps only: the same number of already exported versions published into
    ``models/lenet/`` (the server's share of a promote alone).
 
-Printed per phase: failed requests (goal 0), and p50/p99 of each model; the
+A phase lasts ``--swaps`` x ``--gap`` seconds, or until its last swap is
+live. Printed per phase: failed requests (goal 0), and p50/p99 of each model; the
 ratio of "steady"'s p99 in phases 2 and 3 to phase 1 (goal <= 1.5x).
 """
 
@@ -92,16 +94,17 @@ def main(argv: list[str]) -> int:
         phases = {}
         for phase, action in (("baseline", None), ("promotes", promote), ("swaps only", publish)):
             results: list[loadgen.Result] = []
-            loader = threading.Thread(target=lambda out=results: out.extend(loadgen.run_many(targets, duration)))
+            done = threading.Event()
+            loader = threading.Thread(target=lambda out=results, d=done: out.extend(loadgen.run_many(targets, duration, d.is_set)))
             loader.start()
             t0 = time.monotonic()
             swap_times = []
-            if action is not None:
-                for i in range(a.swaps):
-                    time.sleep(max(0.0, t0 + i * a.gap + 0.5 - time.monotonic()))
-                    s0 = time.monotonic()
-                    action()
-                    swap_times.append(time.monotonic() - s0)
+            for i in range(a.swaps if action else 0):
+                time.sleep(max(0.0, t0 + i * a.gap + 0.5 - time.monotonic()))
+                s0 = time.monotonic()
+                action()
+                swap_times.append(time.monotonic() - s0)
+            done.set()
             loader.join()
             phases[phase] = (results, swap_times)
         versions = len(store.read()["versions"])

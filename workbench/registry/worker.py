@@ -30,6 +30,7 @@ from workbench.errors import CheckpointError, RegistryError, ValidationError
 
 IDLE_EXIT_S = 900
 _RESULT = "@@workbench-worker-result "
+_READY = "@@workbench-worker-ready"
 
 
 # ---------------------------------------------------------------- inside the worker
@@ -72,6 +73,8 @@ def main(argv: list[str]) -> int:
     try:
         framework = get_framework(argv[0])
         framework.prepare()
+        out.write(_READY + "\n")
+        out.flush()
         ready, _, _ = select.select([sys.stdin], [], [], IDLE_EXIT_S)
         line = sys.stdin.readline() if ready else ""
         if not line:
@@ -107,6 +110,12 @@ class _Worker:
 
     def usable(self) -> bool:
         return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker has imported its framework (it says so on stdout before it reads a request)."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return bool(ready) and self.proc.stdout.readline().strip() == _READY
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -163,6 +172,13 @@ class WorkerPool:
             key = (role, framework, python)
             if key not in self._spares or not self._spares[key].usable():
                 self._spares[key] = _Worker(framework, python)
+
+    def wait_warm(self, timeout: float = 120) -> bool:
+        """Wait until every idle worker has imported its framework (benchmarks use it to time warm promotes)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            spares = list(self._spares.values())
+        return all(w.wait_ready(max(0.0, deadline - time.monotonic())) for w in spares)
 
     def shutdown(self) -> None:
         """Stop the idle workers (they also exit on their own when this process ends)."""

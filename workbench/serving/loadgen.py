@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +56,10 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, request: bytes, stop_at: float, result: Result) -> None:
+async def _worker(host: str, port: int, request: bytes, stop_at: float, result: Result, until: Callable[[], bool]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at or not until():
             t0 = time.perf_counter()
             writer.write(request)
             try:
@@ -77,12 +78,12 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, result: 
         writer.close()
 
 
-async def _run(url: str, body: bytes, concurrency: int, duration: float) -> Result:
+async def _run(url: str, body: bytes, concurrency: int, duration: float, until: Callable[[], bool]) -> Result:
     host, port, request = post_bytes(url, body)
     result = Result(concurrency, duration)
     stop_at = time.perf_counter() + duration
     t0 = time.perf_counter()
-    await asyncio.gather(*(_worker(host, port, request, stop_at, result) for _ in range(concurrency)))
+    await asyncio.gather(*(_worker(host, port, request, stop_at, result, until) for _ in range(concurrency)))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -92,11 +93,11 @@ def run(url: str, body: bytes, concurrency: int, duration: float) -> Result:
     return run_many([(url, body, concurrency)], duration)[0]
 
 
-def run_many(targets: list[tuple[str, bytes, int]], duration: float) -> list[Result]:
-    """Several loads at once, ``(url, body, concurrency)`` each, for ``duration`` s; one Result each."""
+def run_many(targets: list[tuple[str, bytes, int]], duration: float, until: Callable[[], bool] = lambda: True) -> list[Result]:
+    """Several loads at once, ``(url, body, concurrency)`` each, for ``duration`` s and until ``until()``; one Result each."""
 
     async def together() -> list[Result]:
-        return list(await asyncio.gather(*(_run(u, b, c, duration) for u, b, c in targets)))
+        return list(await asyncio.gather(*(_run(u, b, c, duration, until) for u, b, c in targets)))
 
     try:
         import uvloop
