@@ -54,7 +54,6 @@ def export_lenet(workspace: Path) -> Path:
     import workbench as wb
 
     workspace.mkdir(parents=True, exist_ok=True)
-    workspace.mkdir(parents=True, exist_ok=True)
     ckpt = workspace / "ckpt-0001.keras"
     keras.utils.set_random_seed(0)
     build_lenet().save(ckpt)
