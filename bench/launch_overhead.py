@@ -140,6 +140,10 @@ def run_direct(args: argparse.Namespace, rnd: int, scratch: Path) -> Run:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A session of its own, as the job's replica has (and a terminal's command): with Linux's
+        # scheduler autogroups each session gets a fair share of a busy machine, so without this the
+        # direct run would share one share with this process and lose every comparison under load.
+        start_new_session=True,
     )
     assert proc.stdout is not None
     cpu = TreeCpu(lambda: proc.pid)
