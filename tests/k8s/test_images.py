@@ -30,7 +30,9 @@ import requests
 from tests.k8s import tooling
 from tests.k8s.tooling import IMAGE_NAMES, REPO, image
 
-pytestmark = pytest.mark.k8s
+# The first docker test sets up the whole tier (debootstrap, wheelhouse, six builds): longer than the suite's
+# per-test timeout on a cold machine.
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(3000)]
 docker_tier = [pytest.mark.docker, pytest.mark.slow]
 
 
@@ -45,11 +47,12 @@ def wait_http(url: str, timeout: float = 90, **kw: Any) -> requests.Response:
     last: object = None
     while time.monotonic() < deadline:
         try:
-            r = requests.get(url, timeout=5, **kw)
+            # A proxy starting TensorBoard on the first visit holds the request until it answers.
+            r = requests.get(url, timeout=30, **kw)
             if r.status_code < 500:
                 return r
             last = r.status_code
-        except requests.ConnectionError as e:
+        except (requests.ConnectionError, requests.Timeout) as e:
             last = e
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer within {timeout:.0f} s (last: {last})")

