@@ -1,22 +1,23 @@
 """Hot swap under load: failures, and the latency of a second model served beside the one being swapped.
 
-``python -m bench.serve_hotswap [--swaps 5] [--gap 6] [--concurrency 4]``
+``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--mode promote|publish|both]``
 
 One ``workbench serve`` process serves two LeNet-5 models: "lenet", which
 gets new versions, and "steady", which does not. Both get steady closed-loop
-load (``--concurrency`` connections each) in three phases of equal length:
+load (``--concurrency`` connections each) for the whole run, while the run
+alternates quiet windows (``--quiet`` seconds, no swap) with swap windows
+(from the start of a swap until the server serves the new version, plus
+0.5 s), ``--swaps`` times per mode. Interleaving the windows keeps drift in
+the machine's load (it is shared) out of the comparison. Modes:
 
-1. baseline: no swaps;
-2. promotes: ``--swaps`` successive ``workbench.promote`` calls of "lenet",
-   each waiting until the server serves the new version
-   (export and validation run in worker processes on the same machine, then
-   the server loads, warms up and swaps in each version);
-3. swaps only: the same number of already exported versions published into
-   ``models/lenet/`` (the server's share of a promote alone).
+- promote: ``workbench.promote`` of "lenet" (export and validation run in
+  worker processes on the same machine, then the server loads, warms up and
+  swaps in the version);
+- publish: an already exported version published into ``models/lenet/``
+  (the server's share of a promote alone).
 
-A phase lasts ``--swaps`` x ``--gap`` seconds, or until its last swap is
-live. Printed per phase: failed requests (goal 0), and p50/p99 of each model; the
-ratio of "steady"'s p99 in phases 2 and 3 to phase 1 (goal <= 1.5x).
+Printed: failed requests (goal 0), and p50/p99 of each model in quiet and swap
+windows; "steady"'s p99 in swap windows / quiet windows (goal <= 1.5x).
 """
 
 from __future__ import annotations
@@ -41,17 +42,25 @@ from workbench.backends.local.processes import free_ports  # noqa: E402
 from workbench.serving import loadgen  # noqa: E402
 
 
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--swaps", type=int, default=5)
-    p.add_argument("--gap", type=float, default=6.0, help="seconds between swaps (a phase lasts swaps x gap)")
+    p.add_argument("--swaps", type=int, default=5, help="swaps per mode")
+    p.add_argument("--quiet", type=float, default=8.0, help="seconds of each window without a swap")
     p.add_argument("--concurrency", type=int, default=4, help="connections per model")
+    p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
     a, _ = p.parse_known_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="serve-hotswap-"))
     ws = tmp / "workspace"
+    ws.mkdir(parents=True)
     os.environ["WORKBENCH_WORKSPACE"] = str(ws)
     import workbench as wb
+    from workbench.registry import worker
     from workbench.registry.store import ModelStore
+    from workbench.serving import client
     from workbench.workspace import Workspace
 
     sys.path.insert(0, str(ROOT / "examples" / "lenet"))
@@ -65,13 +74,10 @@ def main(argv: list[str]) -> int:
     url = f"http://127.0.0.1:{port}"
     os.environ["WORKBENCH_SERVER_URL"] = url
     log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
+    server = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
     targets = [(f"{url}/v1/models/{m}:predict", body, a.concurrency) for m in ("lenet", "steady")]
-    duration = a.swaps * a.gap
     store = ModelStore(Workspace.current(), "lenet")
     entry = store.read()["versions"]["1"]
 
@@ -85,52 +91,51 @@ def main(argv: list[str]) -> int:
         client.notify(url)
         client.wait_available(url, "lenet", v)
 
+    modes = {"promote": promote, "publish": publish}
+    if a.mode != "both":
+        modes = {a.mode: modes[a.mode]}
+    windows: dict[str, list[tuple[float, float]]] = {"quiet": [], **{m: [] for m in modes}}
+    swap_seconds: dict[str, list[float]] = {m: [] for m in modes}
     try:
-        from workbench.serving import client
-
         for name in ("lenet", "steady"):
             assert client.wait_available(url, name, 1, timeout=300), f"{name} was not served; see {tmp / 'server.log'}"
         loadgen.run_many(targets, 2.0)  # warm-up
-        phases = {}
-        for phase, action in (("baseline", None), ("promotes", promote), ("swaps only", publish)):
-            results: list[loadgen.Result] = []
-            done = threading.Event()
-            loader = threading.Thread(target=lambda out=results, d=done: out.extend(loadgen.run_many(targets, duration, d.is_set)))
-            loader.start()
-            t0 = time.monotonic()
-            swap_times = []
-            for i in range(a.swaps if action else 0):
-                time.sleep(max(0.0, t0 + i * a.gap + 0.5 - time.monotonic()))
-                s0 = time.monotonic()
+        done = threading.Event()
+        results: list[loadgen.Result] = []
+        loader = threading.Thread(target=lambda: results.extend(loadgen.run_many(targets, 0.0, done.is_set)))
+        loader.start()
+        for mode, action in modes.items():
+            for _ in range(a.swaps):
+                worker.POOL.wait_warm()
+                q0 = time.perf_counter()
+                time.sleep(a.quiet)
+                windows["quiet"].append((q0, time.perf_counter()))
+                s0 = time.perf_counter()
                 action()
-                swap_times.append(time.monotonic() - s0)
-            done.set()
-            loader.join()
-            phases[phase] = (results, swap_times)
+                swap_seconds[mode].append(time.perf_counter() - s0)
+                time.sleep(0.5)
+                windows[mode].append((s0, time.perf_counter()))
+        done.set()
+        loader.join()
         versions = len(store.read()["versions"])
     finally:
         server.terminate()
         server.wait(30)
         log.close()
 
-    print(
-        f"\ntwo LeNet-5 models in one server, {a.concurrency} connections each, {duration:.0f} s per phase, {os.cpu_count()} CPUs (shared)"
-    )
-    print(
-        f"{'phase':<12} {'lenet req/s':>11} {'p50':>7} {'p99':>7} {'fail':>5}   {'steady req/s':>12} {'p50':>7} {'p99':>7} {'fail':>5}   swap s"
-    )
-    for phase, (results, swap_times) in phases.items():
-        swapped, steady = results
-        print(
-            f"{phase:<12} {swapped.throughput:>11.0f} {swapped.percentile(50):>7.2f} {swapped.percentile(99):>7.2f} {swapped.errors:>5}"
-            f"   {steady.throughput:>12.0f} {steady.percentile(50):>7.2f} {steady.percentile(99):>7.2f} {steady.errors:>5}"
-            f"   {' '.join(f'{s:.1f}' for s in swap_times)}"
-        )
-    base = phases["baseline"][0][1].percentile(99)
-    for phase in ("promotes", "swaps only"):
-        print(f"steady p99 during {phase} / baseline: {phases[phase][0][1].percentile(99) / base:.2f}x (goal <= 1.5x)")
-    failures = sum(r.errors for results, _ in phases.values() for r in results)
-    print(f"failed requests in all phases: {failures} (goal 0); lenet versions published: {versions}")
+    swapped, steady = results
+    print(f"\ntwo LeNet-5 models in one server, {a.concurrency} connections each, {os.cpu_count()} CPUs (shared)")
+    print(f"{'window':<10} {'seconds':>7}   {'lenet p50':>9} {'p99':>7}   {'steady p50':>10} {'p99':>7}   swap s")
+    for kind, spans in windows.items():
+        total = sum(b - a_ for a_, b in spans)
+        lat_s, lat_t = swapped.within(spans), steady.within(spans)
+        swaps = " ".join(f"{s:.1f}" for s in swap_seconds.get(kind, []))
+        print(f"{kind:<10} {total:>7.0f}   {pct(lat_s, 50):>9.2f} {pct(lat_s, 99):>7.2f}   {pct(lat_t, 50):>10.2f} {pct(lat_t, 99):>7.2f}   {swaps}")
+    base = pct(steady.within(windows["quiet"]), 99)
+    for mode in modes:
+        print(f"steady p99 in {mode} windows / quiet windows: {pct(steady.within(windows[mode]), 99) / base:.2f}x (goal <= 1.5x)")
+    print(f"failed requests: lenet {swapped.errors}, steady {steady.errors} (goal 0); "
+          f"{swapped.throughput + steady.throughput:.0f} req/s in all; lenet versions published: {versions}")
     return 0
 
 

@@ -99,6 +99,7 @@ def _own(e: Exception) -> bool:
 
 class _Worker:
     def __init__(self, framework: str, python: str | None):
+        self.ready = False
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -114,8 +115,10 @@ class _Worker:
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the worker has imported its framework (it says so on stdout before it reads a request)."""
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return bool(ready) and self.proc.stdout.readline().strip() == _READY
+        if not self.ready:
+            readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            self.ready = bool(readable) and self.proc.stdout.readline().strip() == _READY
+        return self.ready
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         assert self.proc.stdin is not None

@@ -23,6 +23,7 @@ class Result:
     concurrency: int
     seconds: float
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
+    done_at: list[float] = field(default_factory=list)  # time.perf_counter() when each of them was answered
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
 
@@ -32,6 +33,10 @@ class Result:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+    def within(self, windows: list[tuple[float, float]]) -> list[float]:
+        """Latencies (s) of the requests answered inside any of ``windows`` (perf_counter start, end)."""
+        return [lat for lat, t in zip(self.latencies, self.done_at, strict=True) if any(a <= t < b for a, b in windows)]
 
 
 def post_bytes(url: str, body: bytes) -> tuple[str, int, bytes]:
@@ -71,7 +76,9 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, result: 
                 continue
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status == 200:
-                result.latencies.append(time.perf_counter() - t0)
+                now = time.perf_counter()
+                result.latencies.append(now - t0)
+                result.done_at.append(now)
             else:
                 result.errors += 1
     finally:
