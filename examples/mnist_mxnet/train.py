@@ -137,6 +137,8 @@ def main():
             # The optimizer state lives on the servers under dist_sync; only the weights are saved then.
             save_checkpoint(path, net, None if distributed else trainer)
             runtime.record_checkpoint(path, epoch, loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
+        if distributed:
+            kv._barrier()  # the epoch's checkpoint is whole before any worker goes on (or fails)
         if args.fail_at_epoch == epoch and ctx.attempt == 0:
             raise SystemExit(f"failing on purpose after epoch {epoch} (--fail-at-epoch)")
         if args.sleep:

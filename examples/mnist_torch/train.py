@@ -154,6 +154,8 @@ def main():
             state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
             save_checkpoint(path, net, state)
             runtime.record_checkpoint(path, epoch, loss=train_loss, val_loss=val_loss, val_accuracy=val_acc)
+        if world > 1:
+            dist.barrier()  # the epoch's checkpoint is whole before any replica goes on (or fails)
         if args.fail_at_epoch == epoch and ctx.attempt == 0:
             raise SystemExit(f"failing on purpose after epoch {epoch} (--fail-at-epoch)")
         if args.sleep:
@@ -167,7 +169,6 @@ def main():
     # Every replica prints this: under DDP they hold the same weights, so it is the same number.
     print(f"weights checksum={sum(p.double().sum().item() for p in net.parameters()):.6f}", flush=True)
     if world > 1:
-        dist.barrier()  # no replica leaves while rank 0 still writes its last checkpoint
         dist.destroy_process_group()
 
 
