@@ -11,9 +11,10 @@ import pytest
 from tests.k8s import tooling
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def docker_engine() -> Iterator[tooling.DockerEngine]:
-    """Our own dockerd, stopped at the end. Skips (with the reason) only when the engine cannot start."""
+    """Our own dockerd, stopped (and the tier's lock released) when the module's tests end. Skips, with
+    the reason, only when the engine cannot start."""
     engine = tooling.DockerEngine()
     try:
         engine.start()
@@ -26,7 +27,7 @@ def docker_engine() -> Iterator[tooling.DockerEngine]:
         engine.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def built_images(docker_engine: tooling.DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     """Every image built with images/build.sh on the debootstrap base; returns seconds per phase."""
     times = {}
