@@ -240,6 +240,26 @@ def test_pods_run_as_non_root_with_requests_and_limits(name: str, rendered: dict
             assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
 
 
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_each_service_selects_exactly_its_server(name: str, rendered: dict[tuple[str, str], Path]) -> None:
+    """No Service picks up a hook Job's or test's pod, and each reaches the port it names."""
+    docs = docs_of(rendered, name)
+    pods = [
+        (d, d["metadata"]["labels"] if d["kind"] == "Pod" else d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in POD_KINDS
+    ]
+    for service in (d for d in docs if d["kind"] == "Service"):
+        selector = service["spec"]["selector"].items()
+        selected = [d for d, labels in pods if selector <= labels.items()]
+        assert [d["kind"] for d in selected] in (["Deployment"], ["StatefulSet"]), (
+            service["metadata"]["name"],
+            selected,
+        )
+        ports = {p["name"] for c in pod_spec(selected[0])["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports, service["metadata"]["name"]
+
+
 def test_tensorboard_inside_jupyter_shares_its_path_prefix(rendered: dict[tuple[str, str], Path]) -> None:
     for name, prefix in (("defaults", "/"), ("ingress", "/wb/")):
         jupyter = find(docs_of(rendered, name), "Deployment", "-jupyter")
