@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 KERNEL = "workbench-frameworks-test"
-SMALL = {"epochs": 2, "limit": 2000, "notebook_epochs": 1}
+SMALL = {"epochs": 1, "limit": 2000, "notebook_epochs": 1}
 
 
 @pytest.fixture(scope="module")
