@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -23,8 +24,13 @@ def resolve_builder(spec: str, code_dir: Path | None = None) -> Callable[[], Any
     target, sep, func = spec.rpartition(":")
     if not sep or not target or not func:
         raise RegistryError(f"builder must be 'module:function' or 'file.py:function', got {spec!r}")
+    local = code_dir / (target.replace(".", "/") + ".py") if code_dir is not None else None
     if target.endswith(".py"):
         module = _from_file(target, code_dir)
+    elif local is not None and local.is_file():
+        # Load the snapshot's own file: a plain import could return another run's
+        # ``model`` module already in sys.modules under the same name.
+        module = _from_file(str(local), None)
     else:
         if code_dir is not None and str(code_dir) not in sys.path:
             sys.path.insert(0, str(code_dir))
@@ -47,7 +53,8 @@ def _from_file(target: str, code_dir: Path | None) -> Any:
         raise RegistryError(f"builder file {target} not found (looked in {', '.join(str(c) for c in candidates)})")
     if str(path.parent.resolve()) not in sys.path:
         sys.path.insert(0, str(path.parent.resolve()))  # so the file's own sibling imports work
-    spec = importlib.util.spec_from_file_location(f"_workbench_builder_{path.stem}", path)
+    unique = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(f"_workbench_builder_{path.stem}_{unique}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
