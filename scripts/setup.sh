@@ -21,8 +21,11 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[tensorflow,jupyter,dev]"
+  .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev]"
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m workbench.datasets.mnist fetch >/dev/null
+if [ "${WORKBENCH_WITH_MXNET:-}" = 1 ]; then
+  bash scripts/setup-frameworks.sh  # the MXNet environment (.venv-mxnet), on request
+fi
 echo "environment ready: .venv"

@@ -59,12 +59,13 @@ def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | N
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server exited:\n{server.log_text()}"
         try:
-            if requests.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+            if requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             pass
         time.sleep(0.2)
     proc.kill()
+    proc.wait()
     raise AssertionError(f"the server did not get ready:\n{server.log_text()}")
 
 
