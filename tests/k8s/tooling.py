@@ -172,16 +172,15 @@ class DockerEngine:
             timeout=900,
         )
         assert done.returncode == 0, f"debootstrap failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        tar = subprocess.Popen(["tar", "-C", str(tree), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(
-            [DOCKER_CLIENT, "import", "-", BASE_IMAGE],
-            stdin=tar.stdout,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", str(tree), "-c", "."], stdout=subprocess.PIPE) as tar:
+            imported = subprocess.run(
+                [DOCKER_CLIENT, "import", "-", BASE_IMAGE],
+                stdin=tar.stdout,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         shutil.rmtree(tree, ignore_errors=True)
         assert imported.returncode == 0, imported.stderr
 
