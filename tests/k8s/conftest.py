@@ -43,6 +43,7 @@ def built_images(docker_engine: tooling.DockerEngine, tmp_path_factory: pytest.T
         done = tooling.build_images(docker_engine, server.url, log)
     times["build"] = time.monotonic() - start
     assert done.returncode == 0, f"images/build.sh failed; end of {log}:\n{log.read_text()[-6000:]}"
+    docker_engine.docker("image", "prune", "--force")  # what earlier runs built and nothing uses now
     print(
         f"\nimage tier: debootstrap base {times['base']:.0f} s, wheelhouse {times['wheelhouse']:.0f} s, "
         f"image builds {times['build']:.0f} s"

@@ -11,7 +11,6 @@ already running TensorBoard on a local port (the chart's sidecar, WORKBENCH_TENS
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.k8s.tooling import IMAGES
+from tests.k8s.tooling import IMAGES, free_port, wait_http
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -40,25 +38,6 @@ for run, offset in (("train", 0.0), ("validation", 0.1)):
             tf.summary.scalar("epoch_loss", 1.0 / (step + 1) + offset, step=step)
             tf.summary.scalar("epoch_accuracy", 0.5 + 0.1 * step - offset, step=step)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], **kw: object) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited with {proc.returncode} before {url} answered"
-        try:
-            if requests.get(url, timeout=5, **kw).status_code < 500:  # type: ignore[arg-type]
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")

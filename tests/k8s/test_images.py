@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,34 +27,12 @@ import pytest
 import requests
 
 from tests.k8s import tooling
-from tests.k8s.tooling import IMAGE_NAMES, REPO, image
+from tests.k8s.tooling import IMAGE_NAMES, REPO, free_port, image, wait_http
 
 # The first docker test sets up the whole tier (debootstrap, wheelhouse, six builds): longer than the suite's
 # per-test timeout on a cold machine.
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(3000)]
 docker_tier = [pytest.mark.docker, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 90, **kw: Any) -> requests.Response:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            # A proxy starting TensorBoard on the first visit holds the request until it answers.
-            r = requests.get(url, timeout=30, **kw)
-            if r.status_code < 500:
-                return r
-            last = r.status_code
-        except (requests.ConnectionError, requests.Timeout) as e:
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s (last: {last})")
 
 
 class Container:

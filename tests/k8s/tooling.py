@@ -17,12 +17,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
+
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "workbench"
@@ -40,6 +44,32 @@ DOCKER_CLIENT = "/usr/bin/docker"  # docker.io's client, the daemon's own versio
 
 def image(name: str) -> str:
     return f"{PREFIX}/{name}:{TAG}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(
+    url: str, timeout: float = 90, proc: subprocess.Popen[bytes] | None = None, **kw: Any
+) -> requests.Response:
+    """The first answer below 500 from ``url``; fails early if ``proc`` (the server) exits."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, f"the server exited with {proc.returncode} before {url} answered"
+        try:
+            # A proxy starting TensorBoard on the first visit holds the request until it answers.
+            r = requests.get(url, timeout=30, **kw)
+            if r.status_code < 500:
+                return r
+            last = r.status_code
+        except (requests.ConnectionError, requests.Timeout) as e:
+            last = e
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s (last: {last})")
 
 
 class EngineUnavailable(Exception):
@@ -145,6 +175,11 @@ class DockerEngine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # dockerd leaves its network namespace mounted under the exec root.
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[1].startswith(f"{self.run_dir}/")]
+        for path in mounts:
+            subprocess.run(["umount", path], capture_output=True)
 
     def docker(self, *args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
