@@ -243,3 +243,21 @@ def test_cli_reports_errors_without_traceback(workspace, tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.startswith("error: training script") and "Traceback" not in out.stderr
+
+
+def test_cli_submit_takes_options_before_or_after_the_script(workspace, write_script):
+    script = write_script("import sys; print('got', sys.argv[1:])\n")
+    for argv in (
+        [str(script), "--framework", "none", "--name", "after", "--", "--epochs", "3"],
+        ["--framework", "none", "--name", "before", str(script), "--", "--epochs", "3"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "workbench", "submit", "--follow", *argv],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "got ['--epochs', '3']" in out.stdout
+    assert sorted(j.name for j in wb.jobs()) == ["after", "before"]

@@ -75,8 +75,16 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from workbench import api
 
     job = api.submit(
-        a.script, args=a.args, framework=a.framework, workers=a.workers, ps=a.ps, gpus=a.gpus, name=a.name,
-        env=_env_pairs(a.env or []), python=a.python, max_restarts=a.max_restarts,
+        a.script,
+        args=a.args,
+        framework=a.framework,
+        workers=a.workers,
+        ps=a.ps,
+        gpus=a.gpus,
+        name=a.name,
+        env=_env_pairs(a.env or []),
+        python=a.python,
+        max_restarts=a.max_restarts,
     )
     print(job.id)
     if a.follow:
@@ -141,8 +149,16 @@ def cmd_promote(a: argparse.Namespace) -> int:
 
     checkpoint = int(a.checkpoint) if a.checkpoint.isdigit() else a.checkpoint
     v = api.promote(
-        a.job, a.model, checkpoint, metric=a.metric, mode=a.mode, builder=a.builder, framework=a.framework,
-        label=a.label, live=not a.no_live, wait=a.wait,
+        a.job,
+        a.model,
+        checkpoint,
+        metric=a.metric,
+        mode=a.mode,
+        builder=a.builder,
+        framework=a.framework,
+        label=a.label,
+        live=not a.no_live,
+        wait=a.wait,
     )
     metrics = "  ".join(f"{k}={x:.4g}" for k, x in sorted(v.source.get("metrics", {}).items()))
     print(f"{v.model} version {v.version}  (step {v.source.get('step')}  {metrics})  {v.path}")
@@ -202,7 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="run a training script as a job")
     s.add_argument("script")
-    s.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
+    s.epilog = "Arguments for the script go after --: workbench submit train.py --workers 2 -- --epochs 3"
     s.add_argument("--framework", default="tensorflow", help="tensorflow, pytorch, mxnet or none")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--ps", type=int, default=0, help="parameter servers (tensorflow, mxnet)")
@@ -251,7 +267,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.add_argument("--rollback", nargs="?", const="", metavar="VERSION", help="serve the previous (or this) version")
     s.add_argument("--label", action="append", metavar="LABEL=VERSION", help="set a label; LABEL= removes it")
-    s.add_argument("--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it")
+    s.add_argument(
+        "--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it"
+    )
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("serve", help="run the model server (TF Serving REST + KServe V2) over the workspace's models/")
@@ -267,9 +285,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" belongs to the training script, so options may
+    # come before or after the script's path.
+    script_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
     a = p.parse_args(argv)
-    if getattr(a, "args", None) and a.args[0] == "--":
-        a.args = a.args[1:]
+    if script_args and a.command != "submit":
+        p.error("only `workbench submit` takes arguments after --")
+    a.args = script_args
     try:
         return int(a.fn(a))
     except WorkbenchError as e:
