@@ -8,11 +8,10 @@ traceback at ``import workbench``.
 
 from __future__ import annotations
 
-import importlib
-
 from workbench import settings
 from workbench.backends.base import Backend
 from workbench.errors import WorkbenchError
+from workbench.plugins import instantiate
 
 REGISTRY: dict[str, tuple[str, str]] = {
     # name: (dotted path "module:Class", install hint for its extra)
@@ -31,10 +30,5 @@ def get_backend(name: str | None = None) -> Backend:
     if name not in REGISTRY:
         raise WorkbenchError(f"unknown backend {name!r}; known backends: {', '.join(sorted(REGISTRY))}")
     target, hint = REGISTRY[name]
-    module_name, _, cls_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise WorkbenchError(f"the {name} backend needs a missing package ({e.name}): {hint or 'reinstall workbench'}") from e
-    backend: Backend = getattr(module, cls_name)()
+    backend: Backend = instantiate(target, f"the {name} backend", hint or "reinstall workbench")
     return backend

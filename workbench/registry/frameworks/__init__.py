@@ -13,10 +13,10 @@ plugin given a fixture that writes a checkpoint.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from workbench.errors import RegistryError
+from workbench.plugins import instantiate
 from workbench.registry.frameworks.base import Framework, Runtime
 
 FRAMEWORKS: dict[str, tuple[str, str]] = {
@@ -38,12 +38,7 @@ def get_framework(name: str) -> Framework:
     if name not in FRAMEWORKS:
         raise RegistryError(f"no exporter for framework {name!r}; known frameworks: {', '.join(known())}")
     target, hint = FRAMEWORKS[name]
-    module_name, _, cls_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RegistryError(f"framework {name} needs a missing package ({e.name}): {hint}") from e
-    plugin: Framework = getattr(module, cls_name)()
+    plugin: Framework = instantiate(target, f"framework {name}", hint, RegistryError)
     return plugin
 
 
