@@ -28,7 +28,7 @@ import orjson
 
 from workbench.errors import WorkbenchError
 from workbench.registry.signature import InputError
-from workbench.serving import tfserving, v2
+from workbench.serving import fastjson, tfserving, v2
 from workbench.serving.metrics import ServerMetrics, labels
 from workbench.serving.predlog import PredictionLog
 from workbench.serving.repository import ModelRepository, NotFound, Unavailable
@@ -135,14 +135,18 @@ class ServerApp:
         if rest != ":predict":
             raise HTTPError(400, f"{rest[1:]!r} is not supported; this server answers :predict")
         _allow(method, "POST", scope["path"])
-        body = await self._json(scope, receive)
+        raw = await self._body(scope, receive)
         t0 = time.perf_counter()
         servable = self._pick(name, version, label)
-        try:
-            inputs, fmt = tfserving.parse_predict(body, servable.signature)
-        except InputError as e:
-            self._count(name, servable.version, "rest", 400)
-            raise HTTPError(400, str(e)) from None
+        fast = fastjson.tfserving(raw, servable.signature)
+        if fast is not None:
+            inputs, fmt = fast
+        else:
+            try:
+                inputs, fmt = tfserving.parse_predict(_loads(raw), servable.signature)
+            except InputError as e:
+                self._count(name, servable.version, "rest", 400)
+                raise HTTPError(400, str(e)) from None
         servable, outputs = await self._run(servable, inputs, version, label)
         response = Response(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
         self._observe(name, servable.version, "rest", t0, inputs, outputs)
@@ -162,9 +166,10 @@ class ServerApp:
             s = self._pick(name, version, None)
             return Response(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
         _allow(method, "POST", scope["path"])
-        body = await self._json(scope, receive)
+        raw = await self._body(scope, receive)
         t0 = time.perf_counter()
         servable = self._pick(name, version, None)
+        body = _loads(raw)
         try:
             inputs, wanted = v2.parse_infer(body, servable.signature)
         except InputError as e:
@@ -204,7 +209,7 @@ class ServerApp:
             self._count(servable.model, servable.version, "model", 500)
             raise HTTPError(500, f"the model failed on this input: {type(e).__name__}: {e}") from None
 
-    async def _json(self, scope: Scope, receive: Receive) -> Any:
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 raise HTTPError(413, f"request body of {int(value)} bytes is over the limit of {self.max_body}")
@@ -223,10 +228,7 @@ class ServerApp:
         raw = b"".join(chunks)
         if not raw:
             raise HTTPError(400, "empty body; send a JSON object")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise HTTPError(400, f"malformed JSON: {e}") from None
+        return raw
 
     def _headers(self, version: int) -> list[tuple[bytes, bytes]]:
         return [*_JSON, (b"x-model-version", str(version).encode())]
@@ -251,6 +253,13 @@ class ServerApp:
     def _reload(self) -> Response:
         self.repo.wake()
         return Response({"reloading": True})
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise HTTPError(400, f"malformed JSON: {e}") from None
 
 
 def _version(text: str | None) -> int | None:
