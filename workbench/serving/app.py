@@ -1,4 +1,4 @@
-"""The model server's HTTP API as a plain ASGI application (no framework: the per-request cost is ours).
+"""The model server's HTTP API: one request handler over the repository (no framework: the per-request cost is ours).
 
 Routes (TF Serving REST, KServe V2, operations)::
 
@@ -21,23 +21,18 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from workbench.errors import WorkbenchError
 from workbench.registry.signature import InputError
-from workbench.serving import fastjson, tfserving, v2
+from workbench.serving import fastjson, http, tfserving, v2
 from workbench.serving.metrics import ServerMetrics, labels
 from workbench.serving.predlog import PredictionLog
 from workbench.serving.repository import ModelRepository, NotFound, Unavailable
 
 log = logging.getLogger("workbench.serving")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?(?P<rest>/metadata|:[A-Za-z]+)?$")
 _V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
@@ -52,56 +47,43 @@ class HTTPError(Exception):
         self.message = message
 
 
-class Response:
-    __slots__ = ("status", "body", "headers")
-
-    def __init__(self, body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, raw: bytes | None = None):
-        self.status = status
-        self.body = raw if raw is not None else orjson.dumps(body, option=_DUMP)
-        self.headers = headers or _JSON
+def reply(body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> http.Response:
+    """A JSON response."""
+    return http.Response(status, orjson.dumps(body, option=_DUMP), headers or _JSON)
 
 
 class ServerApp:
-    """ASGI callable over a :class:`ModelRepository`."""
+    """The request handler (:class:`workbench.serving.http.HTTPServer` calls it) over a :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body: int, prediction_log: PredictionLog | None = None, log_sample: float = 0.0):
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, prediction_log: PredictionLog | None = None, log_sample: float = 0.0):
         self.repo = repository
         self.metrics = metrics
-        self.max_body = max_body
         self.predlog = prediction_log
         self.log_sample = log_sample
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    async def __call__(self, request: http.Request) -> http.Response:
         try:
-            response = await self._route(scope, receive)
+            return await self._route(request)
         except HTTPError as e:
-            response = Response({"error": e.message}, e.status)
+            return reply({"error": e.message}, e.status)
         except Exception as e:  # a bug of ours: answer, log, keep serving
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            response = Response({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
-        headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]  # else chunked
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return reply({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
-    async def _route(self, scope: Scope, receive: Receive) -> Response:
-        method, path = scope["method"], scope["path"]
+    async def _route(self, request: http.Request) -> http.Response:
+        method, path = request.method, request.path
         m = _V1.match(path)
         if m:
-            return await self._v1(method, m, scope, receive)
+            return await self._v1(method, m, request)
         m = _V2.match(path)
         if m:
-            return await self._v2(method, m, scope, receive)
+            return await self._v2(method, m, request)
         simple = {
             ("GET", "/metrics"): self._metrics,
-            ("GET", "/v2/health/live"): lambda: Response({"live": True}),
+            ("GET", "/v2/health/live"): lambda: reply({"live": True}),
             ("GET", "/v2/health/ready"): self._ready,
-            ("GET", "/v2"): lambda: Response({"name": "workbench", "version": "0.1.0", "extensions": []}),
-            ("GET", "/"): lambda: Response({"models": sorted(self.repo.models()), "ready": self.repo.ready.is_set()}),
+            ("GET", "/v2"): lambda: reply({"name": "workbench", "version": "0.1.0", "extensions": []}),
+            ("GET", "/"): lambda: reply({"models": sorted(self.repo.models()), "ready": self.repo.ready.is_set()}),
             ("POST", "/workbench/reload"): self._reload,
         }
         handler = simple.get((method, path))
@@ -113,15 +95,15 @@ class ServerApp:
 
     # ------------------------------------------------------------------ TF Serving
 
-    async def _v1(self, method: str, m: re.Match[str], scope: Scope, receive: Receive) -> Response:
+    async def _v1(self, method: str, m: re.Match[str], request: http.Request) -> http.Response:
         name, label, rest = m["name"], m["label"], m["rest"]
         version = _version(m["version"])
         if rest is None or rest == "/metadata":
-            _allow(method, "GET", scope["path"])
+            _allow(method, "GET", request.path)
             state = self._state(name)
             if rest == "/metadata":
                 s = self._pick(name, version, label)
-                return Response(tfserving.metadata_body(name, s.version, s.signature))
+                return reply(tfserving.metadata_body(name, s.version, s.signature))
             rows = [(v, "AVAILABLE", "") for v in state.servables]
             rows += [(v, "LOADING", "") for v in state.loading]
             rows += [(v, "END", e) for v, e in state.failed.items()]
@@ -131,11 +113,11 @@ class ServerApp:
                 rows = [r for r in rows if r[0] == version]
                 if not rows:
                     raise HTTPError(404, f"model {name!r} has no version {version}; versions: {sorted(state.servables)}")
-            return Response(tfserving.status_body(rows))
+            return reply(tfserving.status_body(rows))
         if rest != ":predict":
             raise HTTPError(400, f"{rest[1:]!r} is not supported; this server answers :predict")
-        _allow(method, "POST", scope["path"])
-        raw = await self._body(scope, receive)
+        _allow(method, "POST", request.path)
+        raw = _body(request)
         t0 = time.perf_counter()
         servable = self._pick(name, version, label)
         fast = fastjson.tfserving(raw, servable.signature)
@@ -148,25 +130,25 @@ class ServerApp:
                 self._count(name, servable.version, "rest", 400)
                 raise HTTPError(400, str(e)) from None
         servable, outputs = await self._run(servable, inputs, version, label)
-        response = Response(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
+        response = reply(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
         self._observe(name, servable.version, "rest", t0, inputs, outputs)
         return response
 
     # ------------------------------------------------------------------ KServe V2
 
-    async def _v2(self, method: str, m: re.Match[str], scope: Scope, receive: Receive) -> Response:
+    async def _v2(self, method: str, m: re.Match[str], request: http.Request) -> http.Response:
         name, rest = m["name"], m["rest"]
         version = _version(m["version"])
         if rest != "/infer":
-            _allow(method, "GET", scope["path"])
+            _allow(method, "GET", request.path)
             state = self._state(name)
             if rest == "/ready":
                 ready = version in state.servables if version is not None else state.live() is not None
-                return Response({"name": name, "ready": ready}, 200 if ready else 503)
+                return reply({"name": name, "ready": ready}, 200 if ready else 503)
             s = self._pick(name, version, None)
-            return Response(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
-        _allow(method, "POST", scope["path"])
-        raw = await self._body(scope, receive)
+            return reply(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
+        _allow(method, "POST", request.path)
+        raw = _body(request)
         t0 = time.perf_counter()
         servable = self._pick(name, version, None)
         body = _loads(raw)
@@ -177,7 +159,7 @@ class ServerApp:
             raise HTTPError(400, str(e)) from None
         servable, outputs = await self._run(servable, inputs, version, None)
         request_id = body.get("id") if isinstance(body, dict) else None
-        response = Response(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
+        response = reply(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
                             headers=self._headers(servable.version))
         self._observe(name, servable.version, "v2", t0, inputs, outputs)
         return response
@@ -209,27 +191,6 @@ class ServerApp:
             self._count(servable.model, servable.version, "model", 500)
             raise HTTPError(500, f"the model failed on this input: {type(e).__name__}: {e}") from None
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise HTTPError(413, f"request body of {int(value)} bytes is over the limit of {self.max_body}")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise HTTPError(400, "the client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise HTTPError(413, f"request body is over the limit of {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
-        if not raw:
-            raise HTTPError(400, "empty body; send a JSON object")
-        return raw
-
     def _headers(self, version: int) -> list[tuple[bytes, bytes]]:
         return [*_JSON, (b"x-model-version", str(version).encode())]
 
@@ -243,16 +204,22 @@ class ServerApp:
         if self.predlog is not None and random.random() < self.log_sample:
             self.predlog.record(model, version, protocol, elapsed, inputs, outputs)
 
-    def _metrics(self) -> Response:
-        return Response(None, headers=[(b"content-type", b"text/plain; version=0.0.4")], raw=self.metrics.render().encode())
+    def _metrics(self) -> http.Response:
+        return http.Response(200, self.metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")])
 
-    def _ready(self) -> Response:
+    def _ready(self) -> http.Response:
         ready = self.repo.ready.is_set()
-        return Response({"ready": ready}, 200 if ready else 503)
+        return reply({"ready": ready}, 200 if ready else 503)
 
-    def _reload(self) -> Response:
+    def _reload(self) -> http.Response:
         self.repo.wake()
-        return Response({"reloading": True})
+        return reply({"reloading": True})
+
+
+def _body(request: http.Request) -> bytes:
+    if not request.body:
+        raise HTTPError(400, "empty body; send a JSON object")
+    return request.body
 
 
 def _loads(raw: bytes) -> Any:
@@ -273,13 +240,3 @@ def _version(text: str | None) -> int | None:
 def _allow(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise HTTPError(405, f"{method} is not allowed on {path}; use {allowed}")
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
