@@ -1,6 +1,6 @@
 """Serving throughput and latency for LeNet at concurrency 1, 8 and 64, side by side in one run.
 
-``python -m bench.serve_throughput [--duration 5] [--levels 1,8,64] [--no-mlserver]``
+``python -m bench.serve_throughput [--duration 5] [--levels 1,8,64] [--rounds 3] [--no-mlserver]``
 
 Against the same SavedModel (LeNet-5, exported by ``workbench.promote``):
 
@@ -13,9 +13,13 @@ Against the same SavedModel (LeNet-5, exported by ``workbench.promote``):
   bench/setup_mlserver.sh``) serving the SavedModel through a custom runtime
   with its adaptive batching (max batch 64), over V2.
 
-The load generator (``workbench.serving.loadgen``, asyncio, one thread)
-shares the machine with the server it measures. Goal: workbench >= 0.6x the
-in-process limit, and ahead of MLServer.
+In-process, REST and V2 are measured in alternating rounds at each level
+(the workbench server stays up, idle, while the in-process side runs), so
+that drift in a shared machine's load hits all three alike; the table shows
+each one's median round, and each round's ratio is printed too. MLServer runs
+after them. The load generator (``workbench.serving.loadgen``, asyncio, one
+thread) shares the machine with the server it measures. Goal: workbench >=
+0.6x the in-process limit, and ahead of MLServer.
 
 ``--frameworks pytorch,mxnet`` (the default) adds their rows
 (``bench/_frameworks.py``): each framework's in-process limit, the same
@@ -33,6 +37,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,25 +73,28 @@ def in_process(
     from workbench.registry.frameworks import get_framework
 
     runtime = get_framework(framework).load(version_dir)
-    out = {}
-    for c in levels:
-        batch = runtime.signature.sample(c)
-        for _ in range(20):
-            runtime.predict(batch)
-        times = []
-        stop = time.perf_counter() + duration
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            runtime.predict(batch)
-            times.append(time.perf_counter() - t0)
-        out[c] = {
-            "rps": c * len(times) / sum(times),
-            "p50": float(np.percentile(times, 50)) * 1000,
-            "p99": float(np.percentile(times, 99)) * 1000,
-            "errors": 0,
-        }
+    out = {c: in_process_level(runtime, c, duration) for c in levels}
     runtime.close()
     return out
+
+
+def in_process_level(runtime: Any, c: int, duration: float) -> dict[str, float]:
+    """``runtime.predict`` on batches of ``c`` rows for ``duration`` s: rows/s and the latency of one call."""
+    batch = runtime.signature.sample(c)
+    for _ in range(20):
+        runtime.predict(batch)
+    times = []
+    stop = time.perf_counter() + duration
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        runtime.predict(batch)
+        times.append(time.perf_counter() - t0)
+    return {
+        "rps": c * len(times) / sum(times),
+        "p50": float(np.percentile(times, 50)) * 1000,
+        "p99": float(np.percentile(times, 99)) * 1000,
+        "errors": 0,
+    }
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -108,11 +116,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) ->
 
 def load(url: str, body: bytes, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
     loadgen.run(url, body, 4, 1.0)  # warm-up
-    out = {}
-    for c in levels:
-        r = loadgen.run(url, body, c, duration)
-        out[c] = {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
-    return out
+    return {c: load_level(url, body, c, duration) for c in levels}
+
+
+def load_level(url: str, body: bytes, c: int, duration: float) -> dict[str, float]:
+    r = loadgen.run(url, body, c, duration)
+    return {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
 
 
 def start_workbench(workspace: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -207,14 +216,54 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def interleaved(
+    version_dir: Path, tmp: Path, levels: list[int], duration: float, rounds: int, rest_body: bytes, v2_body: bytes
+) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, list[float]]]]:
+    """In-process, workbench REST and V2 measured in alternating rounds at each level, so that drift in the shared
+    machine's load hits them alike; each target's round with the median throughput, and each round's ratio."""
+    from workbench.registry.frameworks import get_framework
+
+    runtime = get_framework("tensorflow").load(version_dir)
+    proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
+    targets = {
+        "workbench REST": (f"{url}/v1/models/lenet:predict", rest_body),
+        "workbench V2": (f"{url}/v2/models/lenet/infer", v2_body),
+    }
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {"in-process (batched)": {c: [] for c in levels}}
+    samples.update({name: {c: [] for c in levels} for name in targets})
+    try:
+        for url_, body in targets.values():
+            loadgen.run(url_, body, 4, 1.0)  # warm-up
+        for c in levels:
+            for _ in range(rounds):
+                samples["in-process (batched)"][c].append(in_process_level(runtime, c, duration))
+                for name, (url_, body) in targets.items():
+                    samples[name][c].append(load_level(url_, body, c, duration))
+    finally:
+        stop(proc)
+        runtime.close()
+    results = {
+        name: {c: sorted(s, key=lambda m: m["rps"])[len(s) // 2] for c, s in by_c.items()}
+        for name, by_c in samples.items()
+    }
+    limit = samples["in-process (batched)"]
+    ratios = {
+        name: {c: [m["rps"] / ip["rps"] for m, ip in zip(samples[name][c], limit[c], strict=True)] for c in levels}
+        for name in targets
+    }
+    return results, ratios
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level and target")
     p.add_argument("--levels", default="1,8,64")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of in-process, REST and V2 per level")
     p.add_argument("--no-mlserver", action="store_true")
     p.add_argument("--frameworks", default="pytorch,mxnet", help="rows for these beside TensorFlow ('' for none)")
     a, _ = p.parse_known_args(argv)
     levels = [int(x) for x in a.levels.split(",")]
+    os.environ.setdefault("WORKBENCH_PROMOTE_WARM", "0")  # no idle workers importing frameworks while we measure
     tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
     version_dir = export_lenet(tmp / "workspace")
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
@@ -223,15 +272,7 @@ def main(argv: list[str]) -> int:
         {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
     ).encode()
 
-    results: dict[str, dict[int, dict[str, float]]] = {
-        "in-process (batched)": in_process(version_dir, levels, a.duration)
-    }
-    proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
-    try:
-        results["workbench REST"] = load(f"{url}/v1/models/lenet:predict", rest_body, levels, a.duration)
-        results["workbench V2"] = load(f"{url}/v2/models/lenet/infer", v2_body, levels, a.duration)
-    finally:
-        stop(proc)
+    results, ratios = interleaved(version_dir, tmp, levels, a.duration, a.rounds, rest_body, v2_body)
     from bench import _frameworks
 
     others = _frameworks.available([f for f in a.frameworks.split(",") if f])
@@ -263,6 +304,10 @@ def main(argv: list[str]) -> int:
             f"{name} / in-process: "
             + "  ".join(f"c={c}: {results[name][c]['rps'] / limit[c]['rps']:.2f}x" for c in levels)
         )
+        if name in ratios:
+            print(
+                "  each round: " + "  ".join(f"c={c}: " + " ".join(f"{r:.2f}" for r in ratios[name][c]) for c in levels)
+            )
     if "MLServer V2" in results:
         print(
             "workbench V2 / MLServer V2: "
