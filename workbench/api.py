@@ -100,17 +100,21 @@ def promote(job: Any = None, model: str | None = None, checkpoint: Any = "latest
     """
     from workbench.errors import ServingError
     from workbench.registry import promote as _promote
+    from workbench.registry.promote import warm_workers
     from workbench.serving import client
 
-    version = _promote(job, model, checkpoint, **options)
-    if wait:
-        try:
-            url = client.server_url()
-        except ServingError:
-            return version
-        client.notify(url)
-        if not client.wait_available(url, version.model, version.version, wait):
-            print(f"note: the model server at {url} does not serve {version.model} version {version.version} yet")
+    version = _promote(job, model, checkpoint, warm=False, **options)
+    try:  # the idle workers for the next promote start once the server has this version: their imports compete
+        if wait:
+            try:
+                url = client.server_url()
+            except ServingError:
+                return version
+            client.notify(url)
+            if not client.wait_available(url, version.model, version.version, wait):
+                print(f"note: the model server at {url} does not serve {version.model} version {version.version} yet")
+    finally:
+        warm_workers(version.framework)
     return version
 
 

@@ -174,8 +174,10 @@ def test_http_1_0_closes_after_the_answer_and_idle_connections_time_out():
 def test_shutdown_finishes_the_request_in_hand_and_closes(srv):
     s = srv.connect()
     s.sendall(b"GET /sleep/0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.1)
     idle = srv.connect()
+    deadline = time.monotonic() + 5
+    while len(srv.server.connections) < 2 and time.monotonic() < deadline:  # both accepted by the server
+        time.sleep(0.01)
     srv.shutdown(grace=5)
     status, headers, body = read_responses(s, 1)[0]
     assert (status, body, headers["connection"]) == (200, b"GET /sleep/0.5 0:", "close")

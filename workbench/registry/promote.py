@@ -53,6 +53,7 @@ def promote(
     sample: Any = None,
     label: str | None = None,
     live: bool = True,
+    warm: bool = True,
     workspace: Workspace | None = None,
 ) -> ModelVersion:
     """Export a checkpoint of ``job`` as the next version of ``model``, after it passes the validation gate.
@@ -64,7 +65,10 @@ def promote(
     builds the model, for weights-only checkpoints. ``sample``: the validation
     input (default: random, from the signature). ``label``: also point this
     label at the new version. ``live=False``: publish without moving
-    unversioned traffic to it. Nothing is published when a step fails.
+    unversioned traffic to it. ``warm=False``: leave starting the idle workers
+    for the next promote to the caller (:func:`warm_workers`), e.g. until the
+    server has loaded this version, so their framework imports do not compete
+    with it. Nothing is published when a step fails.
     """
     ws = workspace or Workspace.current()
     run = _run_info(ws, job)
@@ -75,6 +79,8 @@ def promote(
     fw_name = framework or _framework_of(run, chosen.path)
     fw = frameworks.get_framework(fw_name)
     store = ModelStore(ws.ensure(), name)
+    # taken now, so that a cold validation worker imports its framework while the export runs, not after it
+    validator = worker.POOL.take("validate", fw.name, fw.python())
     staging = store.staging_dir()
     timings: dict[str, float] = {}
     try:
@@ -86,7 +92,10 @@ def promote(
         timings["export_s"] = round(time.perf_counter() - t0, 3)
         signature = Signature.from_dict(exported["signature"])
         t0 = time.perf_counter()
-        validation = worker.run("validate", fw.name, fw.python(), {"op": "validate", "dir": str(staging), "sample": _jsonable(sample)})
+        validation = worker.run(
+            "validate", fw.name, fw.python(), {"op": "validate", "dir": str(staging), "sample": _jsonable(sample)},
+            worker=validator,
+        )
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(staging / VERSION_JSON, {"framework": fw.name, "format": fw.format, "signature": signature.to_dict()})
         source = {
@@ -100,12 +109,20 @@ def promote(
         entry["validation"].pop("signature", None)
         version = store.publish(staging, entry, live=live, label=label)
     except BaseException:
+        validator.discard()  # (a no-op when it ran)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        worker.POOL.replenish("export", fw.name, fw.python())
-        worker.POOL.replenish("validate", fw.name, fw.python())
+        if warm:
+            warm_workers(fw.name)
     return ModelVersion(name, version, store.dir / str(version), fw.name, signature, source, timings)
+
+
+def warm_workers(framework: str) -> None:
+    """Start the idle export and validation workers of ``framework`` (when ``WORKBENCH_PROMOTE_WARM`` allows)."""
+    fw = frameworks.get_framework(framework)
+    worker.POOL.replenish("export", fw.name, fw.python())
+    worker.POOL.replenish("validate", fw.name, fw.python())
 
 
 def _run_info(ws: Workspace, job: Any) -> dict[str, Any]:

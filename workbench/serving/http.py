@@ -74,7 +74,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: HTTPServer):
         self.server = server
-        self.loop = server.loop
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -93,6 +93,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.server.stopping:  # accepted just before the listening socket closed
+            self._close()
+            return
         self.server.connections.add(self)
         self._arm_idle()
 
@@ -239,7 +242,7 @@ class HTTPServer:
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[Response]] = set()
         self.stopping = False
-        self.loop = asyncio.get_event_loop()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop start() runs on
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:

@@ -57,6 +57,10 @@ class Framework(abc.ABC):
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Import the framework (called when a worker starts, before it gets work, so warm workers answer fast)."""
 
+    def warm_up(self, scratch: Path) -> None:  # noqa: B027 - optional hook
+        """Pay first-use costs in an idle worker (e.g. export and load a tiny model in ``scratch``), so its real
+        export or validation runs as fast as a second one would."""
+
     @abc.abstractmethod
     def detect_checkpoint(self, path: Path) -> bool:
         """Whether ``path`` looks like a checkpoint of this framework (used when a job names no framework)."""

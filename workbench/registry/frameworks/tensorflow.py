@@ -36,6 +36,15 @@ class TensorFlow(Framework):
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
 
+    def warm_up(self, scratch: Path) -> None:
+        import keras
+
+        model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2, name="y")])
+        export_keras(model, scratch / "model")
+        runtime = self.load(scratch / "model")
+        runtime.predict(runtime.signature.sample(2))
+        runtime.close()
+
     def detect_checkpoint(self, path: Path) -> bool:
         return (
             path.suffix in (".keras", ".h5", ".hdf5")
