@@ -1,10 +1,12 @@
 """Hot swap under load: failures, and the latency of a second model served beside the one being swapped.
 
-``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--mode promote|publish|both]``
+``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--rate R] [--mode promote|publish|both]``
 
 One ``workbench serve`` process serves two LeNet-5 models: "lenet", which
-gets new versions, and "steady", which does not. Both get steady closed-loop
-load (``--concurrency`` connections each) for the whole run, while the run
+gets new versions, and "steady", which does not. Both get load for the whole
+run: closed loop (``--concurrency`` connections each, which keeps the
+machine's CPUs saturated) or, with ``--rate``, requests sent steadily at that
+rate to each model (open loop; latency counted from when each was due), while the run
 alternates quiet windows (``--quiet`` seconds, no swap) with swap windows
 (from the start of a swap until the server serves the new version, plus
 0.5 s), ``--swaps`` times per mode. Interleaving the windows keeps drift in
@@ -52,6 +54,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quiet", type=float, default=8.0, help="seconds of each window without a swap")
     p.add_argument("--concurrency", type=int, default=4, help="connections per model")
     p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
+    p.add_argument("--rate", type=float, default=0, help="open loop: requests/s to each model (0: closed loop)")
     a, _ = p.parse_known_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="serve-hotswap-"))
     ws = tmp / "workspace"
@@ -74,7 +77,9 @@ def main(argv: list[str]) -> int:
     url = f"http://127.0.0.1:{port}"
     os.environ["WORKBENCH_SERVER_URL"] = url
     log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
     targets = [(f"{url}/v1/models/{m}:predict", body, a.concurrency) for m in ("lenet", "steady")]
@@ -99,10 +104,12 @@ def main(argv: list[str]) -> int:
     try:
         for name in ("lenet", "steady"):
             assert client.wait_available(url, name, 1, timeout=300), f"{name} was not served; see {tmp / 'server.log'}"
-        loadgen.run_many(targets, 2.0)  # warm-up
+        loadgen.run_many(targets, 2.0, rate=a.rate or None)  # warm-up
         done = threading.Event()
         results: list[loadgen.Result] = []
-        loader = threading.Thread(target=lambda: results.extend(loadgen.run_many(targets, 0.0, done.is_set)))
+        loader = threading.Thread(
+            target=lambda: results.extend(loadgen.run_many(targets, 0.0, done.is_set, a.rate or None))
+        )
         loader.start()
         for mode, action in modes.items():
             for _ in range(a.swaps):
@@ -124,18 +131,29 @@ def main(argv: list[str]) -> int:
         log.close()
 
     swapped, steady = results
-    print(f"\ntwo LeNet-5 models in one server, {a.concurrency} connections each, {os.cpu_count()} CPUs (shared)")
+    load = (
+        f"{a.rate:.0f} req/s each (open loop, up to {a.concurrency} connections)"
+        if a.rate
+        else f"{a.concurrency} connections each (closed loop)"
+    )
+    print(f"\ntwo LeNet-5 models in one server, {load}, {os.cpu_count()} CPUs (shared)")
     print(f"{'window':<10} {'seconds':>7}   {'lenet p50':>9} {'p99':>7}   {'steady p50':>10} {'p99':>7}   swap s")
     for kind, spans in windows.items():
         total = sum(b - a_ for a_, b in spans)
         lat_s, lat_t = swapped.within(spans), steady.within(spans)
         swaps = " ".join(f"{s:.1f}" for s in swap_seconds.get(kind, []))
-        print(f"{kind:<10} {total:>7.0f}   {pct(lat_s, 50):>9.2f} {pct(lat_s, 99):>7.2f}   {pct(lat_t, 50):>10.2f} {pct(lat_t, 99):>7.2f}   {swaps}")
+        print(
+            f"{kind:<10} {total:>7.0f}   {pct(lat_s, 50):>9.2f} {pct(lat_s, 99):>7.2f}   {pct(lat_t, 50):>10.2f} {pct(lat_t, 99):>7.2f}   {swaps}"
+        )
     base = pct(steady.within(windows["quiet"]), 99)
     for mode in modes:
-        print(f"steady p99 in {mode} windows / quiet windows: {pct(steady.within(windows[mode]), 99) / base:.2f}x (goal <= 1.5x)")
-    print(f"failed requests: lenet {swapped.errors}, steady {steady.errors} (goal 0); "
-          f"{swapped.throughput + steady.throughput:.0f} req/s in all; lenet versions published: {versions}")
+        print(
+            f"steady p99 in {mode} windows / quiet windows: {pct(steady.within(windows[mode]), 99) / base:.2f}x (goal <= 1.5x)"
+        )
+    print(
+        f"failed requests: lenet {swapped.errors}, steady {steady.errors} (goal 0); "
+        f"{swapped.throughput + steady.throughput:.0f} req/s in all; lenet versions published: {versions}"
+    )
     return 0
 
 

@@ -125,7 +125,10 @@ def test_chunked_body_and_expect_100_continue(srv):
     "request_bytes",
     [
         b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
-        b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"a" * 1000 + b"\r\n3e8\r\n" + b"b" * 1000,
+        b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
+        + b"a" * 1000
+        + b"\r\n3e8\r\n"
+        + b"b" * 1000,
     ],
 )
 def test_body_over_the_limit_gets_413_and_the_connection_closes(srv, request_bytes):
@@ -137,7 +140,9 @@ def test_body_over_the_limit_gets_413_and_the_connection_closes(srv, request_byt
     assert requests.get(f"http://127.0.0.1:{srv.port}/still", timeout=5).text == "GET /still 0:"
 
 
-@pytest.mark.parametrize("garbage", [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"\x00\x01\x02\r\n\r\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"\x00\x01\x02\r\n\r\n"]
+)
 def test_malformed_requests_get_400_and_the_server_carries_on(srv, garbage):
     s = srv.connect()
     s.sendall(garbage)

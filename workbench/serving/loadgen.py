@@ -1,7 +1,11 @@
-"""A small closed-loop HTTP/1.1 load generator for the benchmarks (keep-alive connections, asyncio).
+"""A small HTTP/1.1 load generator for the benchmarks (keep-alive connections, asyncio).
 
-``concurrency`` connections each send one request, wait for its answer, and
-send the next, until ``duration`` seconds have passed. Request bytes are
+Closed loop (the default): ``concurrency`` connections each send one request,
+wait for its answer, and send the next, until ``duration`` seconds have
+passed. Open loop (``rate``): requests are sent at a steady ``rate`` per
+second over up to ``concurrency`` connections, whatever the answers take; a
+request's latency counts from when it was due, so time spent waiting for a
+free connection counts too. Request bytes are
 built once, so the generator spends its CPU on the socket, not on JSON (it
 shares the machine with the server it measures). Only 127.0.0.1-style URLs
 of plain HTTP are supported.
@@ -61,7 +65,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, request: bytes, stop_at: float, result: Result, until: Callable[[], bool]) -> None:
+async def _worker(
+    host: str, port: int, request: bytes, stop_at: float, result: Result, until: Callable[[], bool]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < stop_at or not until():
@@ -74,23 +80,72 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, result: 
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if status == 200:
-                now = time.perf_counter()
-                result.latencies.append(now - t0)
-                result.done_at.append(now)
-            else:
-                result.errors += 1
+            _record(result, status, t0)
     finally:
         writer.close()
 
 
-async def _run(url: str, body: bytes, concurrency: int, duration: float, until: Callable[[], bool]) -> Result:
+def _record(result: Result, status: int, due: float) -> None:
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+    if status == 200:
+        now = time.perf_counter()
+        result.latencies.append(now - due)
+        result.done_at.append(now)
+    else:
+        result.errors += 1
+
+
+async def _open_loop(
+    host: str,
+    port: int,
+    request: bytes,
+    connections: int,
+    rate: float,
+    stop_at: float,
+    result: Result,
+    until: Callable[[], bool],
+) -> None:
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(await asyncio.open_connection(host, port))
+
+    async def one(due: float) -> None:
+        reader, writer = await idle.get()
+        try:
+            writer.write(request)
+            status = await _read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            result.errors += 1
+            writer.close()
+            idle.put_nowait(await asyncio.open_connection(host, port))
+            return
+        idle.put_nowait((reader, writer))
+        _record(result, status, due)
+
+    pending: set[asyncio.Task[None]] = set()
+    due = time.perf_counter()
+    while time.perf_counter() < stop_at or not until():
+        due += 1.0 / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        task = asyncio.get_running_loop().create_task(one(due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+
+
+async def _run(
+    url: str, body: bytes, concurrency: int, duration: float, until: Callable[[], bool], rate: float | None
+) -> Result:
     host, port, request = post_bytes(url, body)
     result = Result(concurrency, duration)
     stop_at = time.perf_counter() + duration
     t0 = time.perf_counter()
-    await asyncio.gather(*(_worker(host, port, request, stop_at, result, until) for _ in range(concurrency)))
+    if rate:
+        await _open_loop(host, port, request, concurrency, rate, stop_at, result, until)
+    else:
+        await asyncio.gather(*(_worker(host, port, request, stop_at, result, until) for _ in range(concurrency)))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -100,11 +155,17 @@ def run(url: str, body: bytes, concurrency: int, duration: float) -> Result:
     return run_many([(url, body, concurrency)], duration)[0]
 
 
-def run_many(targets: list[tuple[str, bytes, int]], duration: float, until: Callable[[], bool] = lambda: True) -> list[Result]:
-    """Several loads at once, ``(url, body, concurrency)`` each, for ``duration`` s and until ``until()``; one Result each."""
+def run_many(
+    targets: list[tuple[str, bytes, int]],
+    duration: float,
+    until: Callable[[], bool] = lambda: True,
+    rate: float | None = None,
+) -> list[Result]:
+    """Several loads at once, ``(url, body, concurrency)`` each, for ``duration`` s and until ``until()``; one Result
+    each. ``rate``: open loop, that many requests per second to each target."""
 
     async def together() -> list[Result]:
-        return list(await asyncio.gather(*(_run(u, b, c, duration, until) for u, b, c in targets)))
+        return list(await asyncio.gather(*(_run(u, b, c, duration, until, rate) for u, b, c in targets)))
 
     try:
         import uvloop

@@ -53,7 +53,7 @@ def serve(
     max_body = int((max_body_mb or float(settings.SERVE_MAX_BODY_MB.get())) * 1024 * 1024)
     app = ServerApp(repo, metrics, predlog, sample)
     preload = settings.SERVE_PRELOAD.get()
-    repo.start(prepare=lambda: _preload(preload))
+    repo.start(prepare=lambda: _preload(repo, preload))
     try:
         _run(_serve_until_signal(HTTPServer(app, max_body=max_body, keep_alive=60), host, port, f"{ws.models}"))
     finally:
@@ -62,8 +62,8 @@ def serve(
             predlog.close()
 
 
-def _preload(names: str) -> None:
-    """Import frameworks now, so the first model that is promoted goes live without waiting for the import.
+def _preload(repo: ModelRepository, names: str) -> None:
+    """Import (and settle) frameworks now, so the first model promoted goes live without waiting for the import.
 
     Runs on the watcher thread before its first scan: TensorFlow imported from two threads at once can fail
     ("Registering two gradient with name ...")."""
@@ -72,7 +72,7 @@ def _preload(names: str) -> None:
 
     for name in filter(None, (n.strip() for n in names.split(","))):
         try:
-            get_framework(name).prepare()
+            repo.settle(get_framework(name))
         except (RegistryError, ImportError) as e:
             logging.getLogger("workbench.serving").warning("cannot preload %s: %s", name, e)
 
