@@ -103,9 +103,10 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(srv):
         b"POST /sleep/0.2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
         b"GET /b?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
         b"GET /c%20d HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET http://127.0.0.1/abs?q HTTP/1.1\r\nHost: x\r\n\r\n"
     )
-    answers = [body for _, _, body in read_responses(s, 3)]
-    assert answers == [b"POST /sleep/0.2 3:abc", b"GET /b 0:", b"GET /c d 0:"]
+    answers = [body for _, _, body in read_responses(s, 4)]
+    assert answers == [b"POST /sleep/0.2 3:abc", b"GET /b 0:", b"GET /c d 0:", b"GET /abs 0:"]
     assert len(srv.server.connections) == 1
 
 

@@ -147,9 +147,19 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.broken:
+            return
         url = self.url
-        q = url.find(b"?")
-        path = (url if q < 0 else url[:q]).decode("latin-1")
+        if url.startswith(b"/"):  # origin form, as clients send it
+            q = url.find(b"?")
+            raw_path = url if q < 0 else url[:q]
+        else:  # absolute form ("GET http://host/path"), as proxies may
+            try:
+                raw_path = httptools.parse_url(url).path or b"/"
+            except httptools.HttpParserInvalidURLError:
+                self._fail(error(400, f"malformed request target {url[:200].decode('latin-1')!r}"))
+                return
+        path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
