@@ -81,3 +81,25 @@ def test_sample_fits_the_signature():
     assert sample["a"].shape == (3, 2) and sample["a"].dtype == np.float32
     assert sample["b"].shape == (3,) and sample["b"].dtype == np.int64
     assert Signature.from_dict(TWO.to_dict()) == TWO
+
+
+def test_binary_strings_travel_as_b64_both_ways():
+    sig = Signature(
+        (TensorSpec("text", "object", (None,)),),
+        (TensorSpec("label", "object", (None,)), TensorSpec("image_bytes", "object", (None,))),
+    )
+    inputs, _ = tfserving.parse_predict({"instances": [{"b64": "AAH/"}, "plain"]}, sig)
+    assert inputs["text"].dtype == object and inputs["text"].tolist() == [b"\x00\x01\xff", "plain"]
+    cols, _ = tfserving.parse_predict({"inputs": {"text": [{"b64": "aGk="}]}}, sig)
+    assert cols["text"].tolist() == [b"hi"]
+    with pytest.raises(InputError, match="invalid base64"):
+        tfserving.parse_predict({"instances": [{"b64": "not base64!"}]}, sig)
+    with pytest.raises(InputError, match='must be {"b64"'):
+        tfserving.parse_predict({"instances": [{"b64": "aGk=", "extra": 1}]}, sig)
+    out = {"label": np.array([b"cat", b"\xff\xfe"], dtype=object), "image_bytes": np.array([b"hi", b"x"], dtype=object)}
+    body = tfserving.predict_body(out, sig, "row")
+    assert body["predictions"][0] == {"label": "cat", "image_bytes": {"b64": "aGk="}}
+    assert body["predictions"][1]["label"] == {"b64": "//4="}  # not UTF-8
+    import orjson
+
+    assert orjson.loads(orjson.dumps(tfserving.predict_body(out, sig, "columnar")))["outputs"]["label"] == ["cat", {"b64": "//4="}]

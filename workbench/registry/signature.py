@@ -94,12 +94,16 @@ class Signature:
 
 def coerce(spec: TensorSpec, value: Any, batched: bool = True) -> np.ndarray:
     """``value`` (nested lists or an array) as an array of ``spec``'s dtype and shape, or a clear InputError."""
-    try:
-        arr = np.asarray(value)
-    except ValueError as e:  # ragged nested lists
-        raise InputError(f"input {spec.name!r} is not a rectangular array ({e})") from None
-    want = np.dtype(spec.dtype) if spec.dtype != "object" else np.dtype(object)
-    arr = _cast(spec, arr, want)
+    if spec.dtype == "object":  # strings: text and bytes may mix, which numpy's own string types cannot hold
+        arr = np.asarray(value, dtype=object)
+        if not all(isinstance(v, (str, bytes)) for v in arr.flat):
+            raise InputError(f"input {spec.name!r} must be strings (text, or binary as {{\"b64\": ...}})")
+    else:
+        try:
+            arr = np.asarray(value)
+        except ValueError as e:  # ragged nested lists
+            raise InputError(f"input {spec.name!r} is not a rectangular array ({e})") from None
+        arr = _cast(spec, arr, np.dtype(spec.dtype))
     shape = spec.shape if batched else spec.shape[1:]
     if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=False)):
         what = "shape" if batched else "shape of one instance"

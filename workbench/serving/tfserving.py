@@ -3,11 +3,15 @@
 See https://www.tensorflow.org/tfx/serving/api_rest. Predict takes the row
 format (``{"instances": [...]}``, answered with ``{"predictions": [...]}``) or
 the columnar format (``{"inputs": ...}``, answered with ``{"outputs": ...}``);
-a model with one input may give each instance as a bare value.
+a model with one input may give each instance as a bare value. Binary
+strings travel as ``{"b64": "<base64>"}``, both ways (outputs: those whose
+bytes are not UTF-8 text, or whose name ends in ``_bytes``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 import numpy as np
@@ -43,14 +47,14 @@ def _rows(instances: Any, sig: Signature) -> dict[str, np.ndarray]:
     if not named:
         if len(names) > 1:
             raise InputError(f"this model has several inputs ({sig.input_names()}): each instance must be an object")
-        return {names[0]: coerce(sig.inputs[0], instances)}
+        return {names[0]: _coerce(sig.inputs[0], instances)}
     out = {}
     for spec in sig.inputs:
         try:
             values = [inst[spec.name] for inst in instances]
         except (KeyError, TypeError):
             raise InputError(f"every instance must be an object with inputs {sig.input_names()}") from None
-        out[spec.name] = coerce(spec, values)
+        out[spec.name] = _coerce(spec, values)
     _no_extra(instances[0], sig)
     return out
 
@@ -65,13 +69,52 @@ def _columns(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
     missing = [n for n in names if n not in inputs]
     if missing:
         raise InputError(f'"inputs" lacks {", ".join(missing)}; this model takes {sig.input_names()}')
-    out = {spec.name: coerce(spec, inputs[spec.name]) for spec in sig.inputs}
+    out = {spec.name: _coerce(spec, inputs[spec.name]) for spec in sig.inputs}
     sizes = {len(v) for v in out.values()}
     if len(sizes) > 1:
         raise InputError(f"inputs have different batch sizes: {sorted(sizes)}")
     if 0 in sizes:
         raise InputError("the batch is empty")
     return out
+
+
+def _coerce(spec: TensorSpec, value: Any) -> np.ndarray:
+    if spec.dtype == "object":
+        value = _unb64(value, spec.name)
+    return coerce(spec, value)
+
+
+def _unb64(value: Any, name: str) -> Any:
+    """Nested lists with ``{"b64": ...}`` leaves as nested lists of bytes."""
+    if isinstance(value, list):
+        return [_unb64(v, name) for v in value]
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise InputError(f'input {name!r}: a binary value must be {{"b64": "<base64 string>"}}')
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as e:
+            raise InputError(f"input {name!r}: invalid base64 ({e})") from None
+    return value
+
+
+def _jsonable(name: str, array: np.ndarray) -> Any:
+    """``array`` as orjson can write it; string tensors as text, or {"b64": ...} for binary."""
+    if array.dtype != object and array.dtype.kind not in "SU":
+        return array
+    as_b64 = name.endswith("_bytes")
+
+    def one(v: Any) -> Any:
+        if isinstance(v, bytes):
+            if not as_b64:
+                try:
+                    return v.decode()
+                except UnicodeDecodeError:
+                    pass
+            return {"b64": base64.b64encode(v).decode()}
+        return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+    return [one(v) for v in array.reshape(-1)] if array.ndim <= 1 else [_jsonable(name, a) for a in array]
 
 
 def _no_extra(given: dict[str, Any], sig: Signature) -> None:
@@ -82,7 +125,7 @@ def _no_extra(given: dict[str, Any], sig: Signature) -> None:
 
 def predict_body(outputs: dict[str, np.ndarray], signature: Signature, fmt: str) -> dict[str, Any]:
     names = [t.name for t in signature.outputs if t.name in outputs] or list(outputs)
-    arrays = {n: np.ascontiguousarray(outputs[n]) for n in names}
+    arrays = {n: _jsonable(n, np.ascontiguousarray(outputs[n])) for n in names}
     if fmt == "columnar":
         return {"outputs": arrays[names[0]] if len(names) == 1 else arrays}
     if len(names) == 1:
