@@ -153,6 +153,14 @@ def test_malformed_requests_get_400_and_the_server_carries_on(srv, garbage):
     assert requests.get(f"http://127.0.0.1:{srv.port}/ok", timeout=5).status_code == 200
 
 
+def test_endless_headers_get_431(srv):
+    s = srv.connect()
+    s.sendall(b"GET / HTTP/1.1\r\n" + b"X-Filler: " + b"a" * 70000 + b"\r\n\r\n")
+    status, _, body = read_responses(s, 1)[0]
+    assert status == 431 and b"over the limit" in body
+    assert closed(s)
+
+
 def test_handler_error_is_a_500_and_the_connection_stays_usable(srv):
     s = srv.connect()
     s.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -10,8 +10,8 @@ small models feels as throughput. It does what the server needs and no more:
 - bodies by Content-Length or chunked, up to ``max_body`` bytes (413 and the
   connection closed when over: the rest of the body is not read);
   ``Expect: 100-continue`` answered, as curl asks for it on larger bodies;
-- a malformed request gets 400 and the connection is closed; the server
-  carries on;
+- a malformed request gets 400 (431 for a request line and headers over
+  ``MAX_HEAD``) and the connection is closed; the server carries on;
 - idle keep-alive connections close after ``keep_alive`` seconds;
 - :meth:`HTTPServer.shutdown` stops accepting, lets the requests in hand
   finish (bounded), then closes every connection.
@@ -33,6 +33,7 @@ import orjson
 log = logging.getLogger("workbench.serving")
 
 MAX_PIPELINED = 32
+MAX_HEAD = 64 * 1024  # bytes of request line and headers
 
 
 @dataclass
@@ -81,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
         self.size = 0
+        self.head = 0  # bytes of request line and headers so far
         self.waiting: deque[tuple[Request, bool]] = deque()
         self.busy = False  # a request is with the handler
         self.broken = False  # the stream cannot be parsed further: answer what is in hand, then close
@@ -123,13 +125,21 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
-        self.url, self.headers, self.body, self.size = b"", {}, [], 0
+        self.url, self.headers, self.body, self.size, self.head = b"", {}, [], 0, 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, n: int) -> None:
+        self.head += n
+        if self.head > MAX_HEAD:
+            self._fail(error(431, f"request line and headers are over the limit of {MAX_HEAD} bytes"))
+            raise httptools.HttpParserError("head over the limit")
 
     def on_headers_complete(self) -> None:
         length = self.headers.get(b"content-length", b"")
