@@ -302,7 +302,11 @@ class ModelRepository:
         (a few ms for LeNet), and the versions swapped out are still collected. Watcher thread only."""
         if framework.name in self._settled:
             return
-        framework.prepare()
+        self._settled.add(framework.name)
+        try:
+            framework.prepare()
+        except ImportError:  # not in this interpreter: its models run in a worker of their own environment (MXNet)
+            return
         try:
             with tempfile.TemporaryDirectory(prefix="workbench-warm-") as scratch:
                 framework.warm_up(Path(scratch))
@@ -310,7 +314,6 @@ class ModelRepository:
             log.warning("warm-up of %s failed (%s: %s); carrying on", framework.name, type(e).__name__, e)
         gc.collect()
         gc.freeze()
-        self._settled.add(framework.name)
 
     def _retire(self, name: str, servable: Servable) -> None:
         self.metrics.loaded.remove(labels(name, servable.version))
