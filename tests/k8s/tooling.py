@@ -279,6 +279,10 @@ def fill_wheelhouse(wheel: Path) -> Path:
     """Download what the images install, once per set of requirements."""
     house = CACHE / "wheelhouse"
     house.mkdir(parents=True, exist_ok=True)
+    # pip download copies the workbench wheel into the house, and a later download would take that stale copy
+    # (same file name, older requirements) over the new one; the images install the wheel from images/dist
+    for stale in house.glob("workbench-*.whl"):
+        stale.unlink()
     for requirements, numpy_pin in requirement_sets(wheel):
         named = [r.replace(str(wheel), "workbench") for r in requirements]
         key = "\n".join([BASE_PYTHON, *named, numpy_pin, wheel_requirements(wheel)])
@@ -310,6 +314,8 @@ def fill_wheelhouse(wheel: Path) -> Path:
             timeout=1800,
         )
         assert done.returncode == 0, f"pip download {named}:\n{done.stderr[-3000:]}"
+        for copied in house.glob("workbench-*.whl"):
+            copied.unlink()
         stamp.touch()
     return house
 
