@@ -113,16 +113,9 @@ def coerce(spec: TensorSpec, value: Any, batched: bool = True) -> np.ndarray:
 
 
 def _cast(spec: TensorSpec, arr: np.ndarray, want: np.dtype) -> np.ndarray:
+    """``arr`` as the numeric or boolean ``want`` (strings are coerce's own case)."""
     have = arr.dtype.kind
-    ok = {
-        "f": "fiub",
-        "i": "iub",
-        "u": "iub",
-        "b": "b",
-        "O": "OUS",
-        "U": "OUS",
-        "S": "OUS",
-    }.get(want.kind, want.kind)
+    ok = {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}.get(want.kind, want.kind)
     if have not in ok:
         got = {"f": "floating-point numbers", "U": "strings", "S": "bytes", "O": "mixed values", "b": "booleans"}.get(
             have, arr.dtype.name
