@@ -73,7 +73,9 @@ def main(argv: list[str]) -> int:
     try:
         framework = get_framework(argv[0])
         framework.prepare()
-        _warm_up(framework)
+        problem = framework.warm()
+        if problem:
+            print(problem, file=sys.stderr)
         out.write(_READY + "\n")
         out.flush()
         ready, _, _ = select.select([sys.stdin], [], [], IDLE_EXIT_S)
@@ -88,15 +90,6 @@ def main(argv: list[str]) -> int:
     out.flush()
     sys.stderr.flush()
     os._exit(0)  # the answer is out and every file written: skip the framework's teardown (~1 s for TensorFlow)
-
-
-def _warm_up(framework: Any) -> None:
-    """First-use costs paid while idle: a warm worker's first real export measured 1.15 s without this, ~0.7 s with."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="workbench-warm-") as scratch:
-            framework.warm_up(Path(scratch))
-    except Exception as e:  # only slower, never broken
-        print(f"warm-up of {framework.name} failed ({type(e).__name__}: {e}); carrying on", file=sys.stderr)
 
 
 def _own(e: Exception) -> bool:

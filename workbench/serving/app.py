@@ -65,10 +65,10 @@ class ServerApp:
         try:
             return await self._route(request)
         except HTTPError as e:
-            return reply({"error": e.message}, e.status)
+            return http.error(e.status, e.message)
         except Exception as e:  # a bug of ours: answer, log, keep serving
             log.exception("unexpected error on %s %s", request.method, request.path)
-            return reply({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+            return http.error(500, f"internal error: {type(e).__name__}: {e}")
 
     async def _route(self, request: http.Request) -> http.Response:
         method, path = request.method, request.path

@@ -19,7 +19,6 @@ import asyncio
 import gc
 import logging
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -302,16 +301,11 @@ class ModelRepository:
         (a few ms for LeNet), and the versions swapped out are still collected. Watcher thread only."""
         if framework.name in self._settled:
             return
+        framework.prepare()
         self._settled.add(framework.name)
-        try:
-            framework.prepare()
-        except ImportError:  # not in this interpreter: its models run in a worker of their own environment (MXNet)
-            return
-        try:
-            with tempfile.TemporaryDirectory(prefix="workbench-warm-") as scratch:
-                framework.warm_up(Path(scratch))
-        except Exception as e:  # only slower
-            log.warning("warm-up of %s failed (%s: %s); carrying on", framework.name, type(e).__name__, e)
+        problem = framework.warm()
+        if problem:
+            log.warning("%s", problem)
         gc.collect()
         gc.freeze()
 

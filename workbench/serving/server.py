@@ -55,7 +55,7 @@ def serve(
     preload = settings.SERVE_PRELOAD.get()
     repo.start(prepare=lambda: _preload(repo, preload))
     try:
-        _run(_serve_until_signal(HTTPServer(app, max_body=max_body, keep_alive=60), host, port, f"{ws.models}"))
+        _run(_serve_until_signal(HTTPServer(app, max_body=max_body, keep_alive=60), host, port, str(ws.models)))
     finally:
         repo.stop()
         if predlog is not None:

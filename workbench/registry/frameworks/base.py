@@ -20,6 +20,7 @@ Where each method runs:
 from __future__ import annotations
 
 import abc
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,15 @@ class Framework(abc.ABC):
     def warm_up(self, scratch: Path) -> None:  # noqa: B027 - optional hook
         """Pay first-use costs in an idle worker (e.g. export and load a tiny model in ``scratch``), so its real
         export or validation runs as fast as a second one would."""
+
+    def warm(self) -> str | None:
+        """:meth:`warm_up` in a scratch folder of its own; what went wrong, if it failed (that only costs speed)."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="workbench-warm-") as scratch:
+                self.warm_up(Path(scratch))
+        except Exception as e:
+            return f"warm-up of {self.name} failed ({type(e).__name__}: {e}); carrying on"
+        return None
 
     @abc.abstractmethod
     def detect_checkpoint(self, path: Path) -> bool:

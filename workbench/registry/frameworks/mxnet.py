@@ -66,7 +66,8 @@ class MXNet(Framework):
         return env
 
     def prepare(self) -> None:
-        import mxnet  # noqa: F401
+        if mxnet_here():  # else its models run in a worker of the MXNet environment: nothing to import here
+            import mxnet  # noqa: F401
 
     def detect_checkpoint(self, path: Path) -> bool:
         if path.name.endswith("-symbol.json") or _PARAMS.match(path.name):
