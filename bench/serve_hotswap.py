@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,10 @@ from workbench.serving import loadgen  # noqa: E402
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def _load(targets: list[tuple[str, bytes, int]], rate: float | None, done: Any, send: Any) -> None:
+    send.send(loadgen.run_many(targets, 0.0, done.is_set, rate))
 
 
 def main(argv: list[str]) -> int:
@@ -105,12 +110,14 @@ def main(argv: list[str]) -> int:
         for name in ("lenet", "steady"):
             assert client.wait_available(url, name, 1, timeout=300), f"{name} was not served; see {tmp / 'server.log'}"
         loadgen.run_many(targets, 2.0, rate=a.rate or None)  # warm-up
-        done = threading.Event()
-        results: list[loadgen.Result] = []
-        loader = threading.Thread(
-            target=lambda: results.extend(loadgen.run_many(targets, 0.0, done.is_set, a.rate or None))
-        )
+        # The load comes from a process of its own, as clients do: a thread here would share this process's GIL
+        # with promote() and count its pauses as server latency (perf_counter is the same clock in both).
+        ctx = multiprocessing.get_context("spawn")
+        done = ctx.Event()
+        receive, send = ctx.Pipe(duplex=False)
+        loader = ctx.Process(target=_load, args=(targets, a.rate or None, done, send), daemon=True)
         loader.start()
+        time.sleep(1.0)  # the child's start-up (imports) stays out of the first window
         for mode, action in modes.items():
             for _ in range(a.swaps):
                 worker.POOL.wait_warm()
@@ -123,7 +130,8 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.5)
                 windows[mode].append((s0, time.perf_counter()))
         done.set()
-        loader.join()
+        results: list[loadgen.Result] = receive.recv()
+        loader.join(30)
         versions = len(store.read()["versions"])
     finally:
         server.terminate()

@@ -40,8 +40,12 @@ SERVE_MAX_BATCH = Setting("WORKBENCH_SERVE_MAX_BATCH", "64", "most rows the mode
 SERVE_MAX_WAIT_MS = Setting("WORKBENCH_SERVE_MAX_WAIT_MS", "0", "ms a batch waits for more requests (0: only those queued)")
 SERVE_MAX_BODY_MB = Setting("WORKBENCH_SERVE_MAX_BODY_MB", "16", "largest request body the model server accepts, in MB")
 SERVE_KEEP_VERSIONS = Setting("WORKBENCH_SERVE_KEEP", "2", "newest versions per model kept loaded besides labeled ones")
+SERVE_LOAD_YIELD = Setting(
+    "WORKBENCH_SERVE_LOAD_YIELD", "1,2", "while serving traffic, a version loads in slices: run ms, pause ms (0: off)"
+)
 SERVE_LOG_SAMPLE = Setting("WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite")
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
+PROMOTE_NICE = Setting("WORKBENCH_PROMOTE_NICE", "10", "niceness added to export/validation workers (serving comes first)")
 SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",

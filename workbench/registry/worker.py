@@ -22,14 +22,28 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from workbench import settings
+from workbench.background import stepping_aside
 from workbench.errors import CheckpointError, RegistryError, ValidationError
 
 IDLE_EXIT_S = 900
 _RESULT = "@@workbench-worker-result "
+# The worker lowers its priority before it imports anything (``WORKBENCH_PROMOTE_NICE``, passed as argv[1]): an
+# export, a validation or a spare worker's framework import competes with serving traffic for the CPUs, and on a
+# small machine a promote at full priority raised the p99 latency of the models being served ~3x while it ran
+# (bench/serve_hotswap). On an idle machine it is as fast.
+_BOOT = """import os, sys
+try:
+    os.nice(int(sys.argv[1]))
+except (OSError, ValueError):
+    pass
+from workbench.registry.worker import main
+sys.exit(main(sys.argv[2:]))
+"""
 _READY = "@@workbench-worker-ready"
 
 
@@ -70,10 +84,16 @@ def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the framework or user code prints goes to the log, not into our answer
     sys.stdout = sys.stderr
+    spare = argv[1:] == ["--spare"]
     try:
-        framework = get_framework(argv[0])
-        framework.prepare()
-        problem = framework.warm()
+        # A spare's import and warm-up are ~5-10 s of CPU nobody waits for; in slices, they leave the CPUs to
+        # serving traffic (a spare starts after each promote, while the new version is being served). Once a
+        # request is waiting, someone is: full speed.
+        asked = lambda: bool(select.select([sys.stdin], [], [], 0)[0])  # noqa: E731
+        with stepping_aside(0.001, 0.002, until=asked) if spare else nullcontext():
+            framework = get_framework(argv[0])
+            framework.prepare()
+            problem = framework.warm()
         if problem:
             print(problem, file=sys.stderr)
         out.write(_READY + "\n")
@@ -102,14 +122,14 @@ def _own(e: Exception) -> bool:
 
 
 class _Worker:
-    def __init__(self, framework: str, python: str | None):
+    def __init__(self, framework: str, python: str | None, spare: bool = False):
         self.ready = False
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-m", "workbench.registry.worker", framework],
+            [python or sys.executable, "-c", _BOOT, settings.PROMOTE_NICE.get(), framework, *(["--spare"] if spare else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, bufsize=0,
         )
         self._pending = b""  # read from stdout, not yet a whole line
@@ -199,7 +219,7 @@ class WorkerPool:
                 self._exit_hook = True
             key = (role, framework, python)
             if key not in self._spares or not self._spares[key].usable():
-                self._spares[key] = _Worker(framework, python)
+                self._spares[key] = _Worker(framework, python, spare=True)
 
     def wait_warm(self, timeout: float = 120) -> bool:
         """Wait until every idle worker has imported its framework (benchmarks use it to time warm promotes)."""

@@ -6,8 +6,8 @@ passed. Open loop (``rate``): requests are sent at a steady ``rate`` per
 second over up to ``concurrency`` connections, whatever the answers take; a
 request's latency counts from when it was due, so time spent waiting for a
 free connection counts too. Request bytes are
-built once, so the generator spends its CPU on the socket, not on JSON (it
-shares the machine with the server it measures). Only 127.0.0.1-style URLs
+built once and connections are bare asyncio protocols, so the generator
+spends little CPU (it shares the machine with the server it measures). Only 127.0.0.1-style URLs
 of plain HTTP are supported.
 """
 
@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,36 +55,67 @@ def post_bytes(url: str, body: bytes) -> tuple[str, int, bytes]:
     return u.hostname or "127.0.0.1", u.port or 80, head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: sends a request when told, calls ``answered(status)`` for each whole response.
 
+    A bare protocol, not streams: ~15 µs of the generator's CPU per request instead of ~40-80, which on a
+    machine it shares with the server is CPU the server gets back. Responses must carry a Content-Length
+    (both servers measured here do)."""
 
-async def _worker(
-    host: str, port: int, request: bytes, stop_at: float, result: Result, until: Callable[[], bool]
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        while time.perf_counter() < stop_at or not until():
-            t0 = time.perf_counter()
-            writer.write(request)
-            try:
-                status = await _read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                result.errors += 1
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
+    def __init__(self, request: bytes, answered: Callable[[_Connection, int], None], lost: Callable[[_Connection], None]):
+        self.request = request
+        self.answered = answered
+        self.lost = lost
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.sent_at = 0.0
+        self.due = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, due: float | None = None) -> None:
+        self.sent_at = time.perf_counter()
+        self.due = self.sent_at if due is None else due
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buf[:end]
+            at = head.lower().find(b"content-length:")
+            if at < 0:
+                self._fail()
+                return
+            eol = head.find(b"\r\n", at)
+            length = int(head[at + 15 : eol if eol >= 0 else len(head)])
+            if len(buf) < end + 4 + length:
+                break
+            status = int(head[9:12])
+            buf = buf[end + 4 + length :]
+            if status == 100:
                 continue
-            _record(result, status, t0)
-    finally:
-        writer.close()
+            self.answered(self, status)
+        self.buffer = buf
+
+    def _fail(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.lost(self)
+
+
+async def _connect(host: str, port: int, request: bytes, answered: Any, lost: Any) -> _Connection:
+    _, conn = await asyncio.get_running_loop().create_connection(
+        lambda: _Connection(request, answered, lost), host, port
+    )
+    return conn
 
 
 def _record(result: Result, status: int, due: float) -> None:
@@ -95,6 +128,57 @@ def _record(result: Result, status: int, due: float) -> None:
         result.errors += 1
 
 
+async def _closed_loop(
+    host: str, port: int, request: bytes, connections: int, stop_at: float, result: Result, until: Callable[[], bool]
+) -> None:
+    """Each connection sends its next request as soon as the answer to the last one is in."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    open_ = set()
+
+    def running() -> bool:
+        return time.perf_counter() < stop_at or not until()
+
+    def answered(conn: _Connection, status: int) -> None:
+        _record(result, status, conn.due)
+        if running():
+            conn.send()
+        else:
+            open_.discard(conn)
+            if conn.transport is not None:
+                conn.transport.close()
+            if not open_ and not finished.done():
+                finished.set_result(None)
+
+    def lost(conn: _Connection) -> None:
+        if conn not in open_:
+            return
+        open_.discard(conn)  # a request in flight on a lost connection failed
+        result.errors += 1
+        if running():
+            loop.create_task(start_one())
+        elif not open_ and not finished.done():
+            finished.set_result(None)
+
+    async def start_one() -> None:
+        try:
+            conn = await _connect(host, port, request, answered, lost)
+        except OSError:
+            result.errors += 1
+            await asyncio.sleep(0.01)
+            if running():
+                loop.create_task(start_one())
+            elif not open_ and not finished.done():
+                finished.set_result(None)
+            return
+        open_.add(conn)
+        conn.send()
+
+    await asyncio.gather(*(start_one() for _ in range(connections)))
+    if open_:
+        await finished
+
+
 async def _open_loop(
     host: str,
     port: int,
@@ -105,34 +189,54 @@ async def _open_loop(
     result: Result,
     until: Callable[[], bool],
 ) -> None:
-    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await asyncio.open_connection(host, port))
+    """A request is due every 1/rate s; it goes out on an idle connection, or waits for one (that wait counts)."""
+    loop = asyncio.get_running_loop()
+    idle: list[_Connection] = []
+    backlog: deque[float] = deque()  # due times of requests waiting for a connection
+    busy: set[_Connection] = set()
 
-    async def one(due: float) -> None:
-        reader, writer = await idle.get()
-        try:
-            writer.write(request)
-            status = await _read_response(reader)
-        except (asyncio.IncompleteReadError, ConnectionError):
+    def answered(conn: _Connection, status: int) -> None:
+        busy.discard(conn)
+        _record(result, status, conn.due)
+        dispatch(conn)
+
+    def lost(conn: _Connection) -> None:
+        if conn in busy:
+            busy.discard(conn)
             result.errors += 1
-            writer.close()
-            idle.put_nowait(await asyncio.open_connection(host, port))
-            return
-        idle.put_nowait((reader, writer))
-        _record(result, status, due)
+        if conn in idle:
+            idle.remove(conn)
+        loop.create_task(replace())
 
-    pending: set[asyncio.Task[None]] = set()
+    async def replace() -> None:
+        try:
+            dispatch(await _connect(host, port, request, answered, lost))
+        except OSError:
+            result.errors += 1
+
+    def dispatch(conn: _Connection) -> None:
+        if backlog:
+            busy.add(conn)
+            conn.send(backlog.popleft())
+        else:
+            idle.append(conn)
+
+    for _ in range(connections):
+        idle.append(await _connect(host, port, request, answered, lost))
     due = time.perf_counter()
     while time.perf_counter() < stop_at or not until():
         due += 1.0 / rate
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
-        task = asyncio.get_running_loop().create_task(one(due))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
-    while not idle.empty():
-        idle.get_nowait()[1].close()
+        backlog.append(due)
+        if idle:
+            dispatch(idle.pop())
+    give_up = time.perf_counter() + 30
+    while (busy or backlog) and time.perf_counter() < give_up:
+        await asyncio.sleep(0.005)
+    result.errors += len(backlog) + len(busy)
+    for conn in idle:
+        if conn.transport is not None:
+            conn.transport.close()
 
 
 async def _run(
@@ -145,7 +249,7 @@ async def _run(
     if rate:
         await _open_loop(host, port, request, concurrency, rate, stop_at, result, until)
     else:
-        await asyncio.gather(*(_worker(host, port, request, stop_at, result, until) for _ in range(concurrency)))
+        await _closed_loop(host, port, request, concurrency, stop_at, result, until)
     result.seconds = time.perf_counter() - t0
     return result
 
