@@ -129,7 +129,7 @@ class ServerApp:
             except InputError as e:
                 self._count(name, servable.version, "rest", 400)
                 raise HTTPError(400, str(e)) from None
-        servable, outputs = await self._run(servable, inputs, version, label)
+        servable, outputs = await self._run(servable, inputs, version, label, request.connections <= 1)
         response = reply(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
         self._observe(name, servable.version, "rest", t0, inputs, outputs)
         return response
@@ -157,7 +157,7 @@ class ServerApp:
         except InputError as e:
             self._count(name, servable.version, "v2", 400)
             raise HTTPError(400, str(e)) from None
-        servable, outputs = await self._run(servable, inputs, version, None)
+        servable, outputs = await self._run(servable, inputs, version, None, request.connections <= 1)
         request_id = body.get("id") if isinstance(body, dict) else None
         response = reply(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
                             headers=self._headers(servable.version))
@@ -180,9 +180,9 @@ class ServerApp:
         except Unavailable as e:
             raise HTTPError(503, str(e)) from None
 
-    async def _run(self, servable: Any, inputs: Any, version: int | None, label: str | None) -> Any:
+    async def _run(self, servable: Any, inputs: Any, version: int | None, label: str | None, alone: bool) -> Any:
         try:
-            return await self.repo.run(servable, inputs, version, label)
+            return await self.repo.run(servable, inputs, version, label, alone)
         except (NotFound, Unavailable) as e:
             raise HTTPError(503, str(e)) from None
         except WorkbenchError as e:

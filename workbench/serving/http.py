@@ -42,6 +42,7 @@ class Request:
     path: str
     headers: dict[bytes, bytes]  # names lowercased; a repeated header keeps its last value
     body: bytes
+    connections: int = 1  # client connections open when it arrived (this one included)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        request = Request(self.parser.get_method().decode("latin-1"), path, self.headers, body)
+        request = Request(self.parser.get_method().decode("latin-1"), path, self.headers, body, len(self.server.connections))
         self.waiting.append((request, self.parser.should_keep_alive()))
         if len(self.waiting) > MAX_PIPELINED and not self.paused and self.transport is not None:
             self.paused = True

@@ -70,6 +70,11 @@ class _Connection(asyncio.Protocol):
         self.buffer = b""
         self.sent_at = 0.0
         self.due = 0.0
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -108,7 +113,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
         self.lost(self)
+
+
+async def _close_all(conns: list[_Connection]) -> None:
+    """Close and wait until closed (an event loop closed with sockets still open fails)."""
+    for conn in conns:
+        conn.close()
+    if conns:
+        await asyncio.wait([c.closed for c in conns], timeout=5)
 
 
 async def _connect(host: str, port: int, request: bytes, answered: Any, lost: Any) -> _Connection:
@@ -134,7 +149,8 @@ async def _closed_loop(
     """Each connection sends its next request as soon as the answer to the last one is in."""
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
-    open_ = set()
+    open_: set[_Connection] = set()
+    everyone: list[_Connection] = []
 
     def running() -> bool:
         return time.perf_counter() < stop_at or not until()
@@ -145,8 +161,7 @@ async def _closed_loop(
             conn.send()
         else:
             open_.discard(conn)
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
             if not open_ and not finished.done():
                 finished.set_result(None)
 
@@ -172,11 +187,13 @@ async def _closed_loop(
                 finished.set_result(None)
             return
         open_.add(conn)
+        everyone.append(conn)
         conn.send()
 
     await asyncio.gather(*(start_one() for _ in range(connections)))
     if open_:
         await finished
+    await _close_all(everyone)
 
 
 async def _open_loop(
@@ -194,6 +211,8 @@ async def _open_loop(
     idle: list[_Connection] = []
     backlog: deque[float] = deque()  # due times of requests waiting for a connection
     busy: set[_Connection] = set()
+    everyone: list[_Connection] = []
+    closing = False
 
     def answered(conn: _Connection, status: int) -> None:
         busy.discard(conn)
@@ -206,13 +225,17 @@ async def _open_loop(
             result.errors += 1
         if conn in idle:
             idle.remove(conn)
-        loop.create_task(replace())
+        if not closing:
+            loop.create_task(replace())
 
     async def replace() -> None:
         try:
-            dispatch(await _connect(host, port, request, answered, lost))
+            conn = await _connect(host, port, request, answered, lost)
         except OSError:
             result.errors += 1
+            return
+        everyone.append(conn)
+        dispatch(conn)
 
     def dispatch(conn: _Connection) -> None:
         if backlog:
@@ -223,6 +246,7 @@ async def _open_loop(
 
     for _ in range(connections):
         idle.append(await _connect(host, port, request, answered, lost))
+    everyone.extend(idle)
     due = time.perf_counter()
     while time.perf_counter() < stop_at or not until():
         due += 1.0 / rate
@@ -234,9 +258,9 @@ async def _open_loop(
     while (busy or backlog) and time.perf_counter() < give_up:
         await asyncio.sleep(0.005)
     result.errors += len(backlog) + len(busy)
-    for conn in idle:
-        if conn.transport is not None:
-            conn.transport.close()
+    busy.clear()
+    closing = True
+    await _close_all(everyone)
 
 
 async def _run(

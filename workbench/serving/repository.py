@@ -164,10 +164,17 @@ class ModelRepository:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.state(name).pick(version, label)
 
-    async def run(self, servable: Servable, inputs: Inputs, version: int | None = None, label: str | None = None) -> tuple[Servable, Outputs]:
-        """Run ``inputs`` on ``servable`` through its batcher; if it was just swapped out, on what replaced it."""
+    async def run(
+        self, servable: Servable, inputs: Inputs, version: int | None = None, label: str | None = None, alone: bool = False
+    ) -> tuple[Servable, Outputs]:
+        """Run ``inputs`` on ``servable`` through its batcher; if it was just swapped out, on what replaced it.
+        ``alone``: no other client is connected, so nothing could join a batch; run at once if the model is idle."""
         loop = asyncio.get_running_loop()
         self.last_request = time.monotonic()
+        if alone:
+            outputs = servable.batcher.call_now(inputs)
+            if outputs is not None:
+                return servable, outputs
         for _ in range(5):
             try:
                 future = servable.batcher.submit(inputs, loop)
