@@ -68,3 +68,31 @@ def test_tf_train_checkpoint_and_saved_model_dir(lenet, tmp_path):
     small.write_text("import keras\ndef build():\n    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(3)])\n")
     with pytest.raises(CheckpointError, match="do not fit the model the builder returned"):
         tf_fw.export(Path(prefix), wrong, builder=f"{small}:build")
+
+
+def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answers(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from workbench.registry.frameworks.tensorflow import SavedModelRuntime
+
+    class TwoInputs(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.range(4, dtype=tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="zeta"),
+                                      tf.TensorSpec([None], tf.int64, name="alpha")])
+        def serve(self, zeta, alpha):
+            return {"score": tf.reduce_sum(zeta * self.w, axis=1) + tf.cast(alpha, tf.float32), "twice": alpha * 2}
+
+    module = TwoInputs()
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"serving_default": module.serve.get_concrete_function()})
+    runtime = SavedModelRuntime(tmp_path / "m")
+    assert runtime._flat is not None  # the fast path passed its check against the keyword call
+    inputs = {"alpha": np.array([1, 2, 3]), "zeta": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    out = runtime.predict(inputs)
+    assert out["twice"].tolist() == [2, 4, 6]
+    assert out["score"].tolist() == [15.0, 40.0, 65.0]  # (0,1,2,3).w + alpha, rows 0..2
+    keyword = runtime._call(inputs)
+    assert all(np.array_equal(keyword[k].numpy(), out[k]) for k in out)
