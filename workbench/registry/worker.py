@@ -1,6 +1,7 @@
 """One-shot worker processes that export a checkpoint or validate an exported version.
 
-``python -m workbench.registry.worker FRAMEWORK`` imports the framework (the
+A worker (started through ``_BOOT``, which first lowers its priority; by hand
+``python -m workbench.registry.worker FRAMEWORK``) imports the framework (the
 slow part, seconds for TensorFlow), then reads one JSON request from stdin,
 does it, answers one JSON line and exits. A process is used once, so the
 validation gate always loads the new version in a fresh process, and export
@@ -8,7 +9,8 @@ runs in the framework's own interpreter (another venv for MXNet).
 
 The pool keeps one idle, already-imported worker per role and framework
 (``WORKBENCH_PROMOTE_WARM``), so a later promote does not wait for the import;
-an idle worker exits when its parent does or after ``IDLE_EXIT_S``.
+such a spare imports in slices (see :mod:`workbench.background`), and exits
+when its parent does or after ``IDLE_EXIT_S``.
 """
 
 from __future__ import annotations
