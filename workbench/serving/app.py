@@ -60,7 +60,6 @@ class ServerApp:
         self.metrics = metrics
         self.predlog = prediction_log
         self.log_sample = log_sample
-        self._labels: dict[tuple[Any, ...], Any] = {}  # metric label tuples, built once per model version
 
     async def __call__(self, request: http.Request) -> http.Response:
         try:
@@ -196,20 +195,12 @@ class ServerApp:
         return [*_JSON, (b"x-model-version", str(version).encode())]
 
     def _count(self, model: str, version: int, protocol: str, code: int) -> None:
-        key = (model, version, protocol, code)
-        found = self._labels.get(key)
-        if found is None:
-            found = self._labels[key] = labels(model, version, protocol=protocol, code=str(code))
-        self.metrics.requests.inc(found)
+        self.metrics.requests.inc(labels(model, version, protocol=protocol, code=str(code)))
 
     def _observe(self, model: str, version: int, protocol: str, t0: float, inputs: Any, outputs: Any) -> None:
         elapsed = time.perf_counter() - t0
         self._count(model, version, protocol, 200)
-        key = (model, version)
-        found = self._labels.get(key)
-        if found is None:
-            found = self._labels[key] = labels(model, version)
-        self.metrics.latency.observe(found, elapsed)
+        self.metrics.latency.observe(labels(model, version), elapsed)
         if self.predlog is not None and random.random() < self.log_sample:
             self.predlog.record(model, version, protocol, elapsed, inputs, outputs)
 

@@ -68,8 +68,7 @@ class _Connection(asyncio.Protocol):
         self.lost = lost
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        self.sent_at = 0.0
-        self.due = 0.0
+        self.due = 0.0  # when the request in flight was due (closed loop: sent)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def close(self) -> None:
@@ -80,8 +79,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, due: float | None = None) -> None:
-        self.sent_at = time.perf_counter()
-        self.due = self.sent_at if due is None else due
+        self.due = time.perf_counter() if due is None else due
         assert self.transport is not None
         self.transport.write(self.request)
 

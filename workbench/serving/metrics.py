@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable
+from functools import lru_cache
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -103,6 +104,7 @@ class ServerMetrics:
         return "\n".join(line for p in parts for line in p.render()) + "\n"
 
 
+@lru_cache(maxsize=4096)  # built on every request, for a handful of distinct label sets
 def labels(model: str, version: int | None = None, **more: str) -> Labels:
     base: list[tuple[str, str]] = [("model", model)]
     if version is not None:
