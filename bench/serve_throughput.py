@@ -84,17 +84,29 @@ def in_process_level(runtime: Any, c: int, duration: float) -> dict[str, float]:
     for _ in range(20):
         runtime.predict(batch)
     times = []
-    stop = time.perf_counter() + duration
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    stop = wall0 + duration
     while time.perf_counter() < stop:
         t0 = time.perf_counter()
         runtime.predict(batch)
         times.append(time.perf_counter() - t0)
+    cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
     return {
         "rps": c * len(times) / sum(times),
         "p50": float(np.percentile(times, 50)) * 1000,
         "p99": float(np.percentile(times, 99)) * 1000,
         "errors": 0,
+        "cpu_us": cpu / (c * len(times)) * 1e6,  # CPU time (every thread of this process) per row
+        "cpus": cpu / wall,
     }
+
+
+def _cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process (or ``pid``), all threads."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -119,9 +131,17 @@ def load(url: str, body: bytes, levels: list[int], duration: float) -> dict[int,
     return {c: load_level(url, body, c, duration) for c in levels}
 
 
-def load_level(url: str, body: bytes, c: int, duration: float) -> dict[str, float]:
+def load_level(url: str, body: bytes, c: int, duration: float, server_pid: int | None = None) -> dict[str, float]:
+    """The load generator at concurrency ``c``; with ``server_pid``, also the server's and the load generator's CPU
+    time per request."""
+    cpu = (_cpu_seconds(server_pid), _cpu_seconds()) if server_pid else None
     r = loadgen.run(url, body, c, duration)
-    return {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
+    out = {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
+    if cpu is not None:
+        n = max(1, len(r.latencies))
+        server, client = _cpu_seconds(server_pid) - cpu[0], _cpu_seconds() - cpu[1]
+        out.update(server_us=server / n * 1e6, client_us=client / n * 1e6, cpus=server / duration)
+    return out
 
 
 def start_workbench(workspace: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -238,7 +258,7 @@ def interleaved(
             for _ in range(rounds):
                 samples["in-process (batched)"][c].append(in_process_level(runtime, c, duration))
                 for name, (url_, body) in targets.items():
-                    samples[name][c].append(load_level(url_, body, c, duration))
+                    samples[name][c].append(load_level(url_, body, c, duration, proc.pid))
     finally:
         stop(proc)
         runtime.close()
@@ -252,6 +272,19 @@ def interleaved(
         for name in targets
     }
     return results, ratios
+
+
+def print_cpu(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
+    """Where the CPUs go, against what 0.6x of the limit leaves per request: all CPUs' time / (0.6 x limit's req/s)."""
+    limit, cpus = results["in-process (batched)"], os.cpu_count() or 1
+    print(f"CPU time per request (median rounds), against the budget at 0.6x of the limit on {cpus} CPUs:")
+    for c in levels:
+        rest = results["workbench REST"][c]
+        print(
+            f"  c={c}: in-process {limit[c]['cpu_us']:.0f} us/row on {limit[c]['cpus']:.2f} CPUs; "
+            f"REST server {rest['server_us']:.0f} us + load generator {rest['client_us']:.0f} us, server on "
+            f"{rest['cpus']:.2f} CPUs; budget {cpus * 1e6 / (0.6 * limit[c]['rps']):.0f} us"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -308,6 +341,7 @@ def main(argv: list[str]) -> int:
             print(
                 "  each round: " + "  ".join(f"c={c}: " + " ".join(f"{r:.2f}" for r in ratios[name][c]) for c in levels)
             )
+    print_cpu(results, levels)
     if "MLServer V2" in results:
         print(
             "workbench V2 / MLServer V2: "

@@ -45,7 +45,11 @@ SERVE_LOAD_YIELD = Setting(
 )
 SERVE_LOG_SAMPLE = Setting("WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite")
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
-PROMOTE_NICE = Setting("WORKBENCH_PROMOTE_NICE", "10", "niceness added to export/validation workers (serving comes first)")
+PROMOTE_PRIORITY = Setting(
+    "WORKBENCH_PROMOTE_PRIORITY",
+    "auto",
+    "export/validation workers: 'idle' (run only on free CPUs), a niceness to add, or 'auto' (idle while >= half a CPU is free, else nice 10)",
+)
 SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from workbench import background
 from workbench.background import stepping_aside
 from workbench.registry import worker
 from workbench.serving.metrics import ServerMetrics
@@ -63,7 +64,7 @@ def _nice(pid: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads niceness from /proc (Linux)")
 @pytest.mark.parametrize("spare", [False, True])
 def test_promote_workers_run_below_the_server(monkeypatch: pytest.MonkeyPatch, spare: bool) -> None:
-    monkeypatch.setenv("WORKBENCH_PROMOTE_NICE", "7")
+    monkeypatch.setenv("WORKBENCH_PROMOTE_PRIORITY", "7")
     base = _nice(os.getpid())
     w = worker._Worker("tensorflow", None, spare=spare)
     try:
@@ -71,6 +72,73 @@ def test_promote_workers_run_below_the_server(monkeypatch: pytest.MonkeyPatch, s
         while _nice(w.proc.pid) == base and time.monotonic() < deadline and w.usable():
             time.sleep(0.01)
         assert _nice(w.proc.pid) == min(19, base + 7)
+        assert not background.runs_idle(w.proc.pid)
         assert ("--spare" in Path(f"/proc/{w.proc.pid}/cmdline").read_bytes().decode().split("\0")) == spare
     finally:
         w.discard()
+
+
+def _policy_of(w: worker._Worker) -> bool:
+    deadline = time.monotonic() + 30
+    while not background.runs_idle(w.proc.pid) and time.monotonic() < deadline and w.usable():
+        time.sleep(0.01)
+    return background.runs_idle(w.proc.pid)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling policy")
+def test_auto_priority_runs_idle_while_cpus_are_free_and_niced_when_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "free_cpus", lambda: 1.5)
+    assert background.resolve_priority("auto") == "idle"
+    monkeypatch.setattr(background, "free_cpus", lambda: 0.2)
+    assert background.resolve_priority("auto") == "10"
+    monkeypatch.setattr(background, "free_cpus", lambda: None)  # cannot tell: niceness, which never starves
+    assert background.resolve_priority("auto") == "10"
+    assert background.resolve_priority(" IDLE ") == "idle"
+    assert background.resolve_priority("3") == "3"
+    with pytest.raises(ValueError, match="'auto', 'idle' or a niceness"):
+        background.resolve_priority("fast")
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling policy")
+def test_an_idle_spare_is_replaced_when_the_cpus_got_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_PROMOTE_PRIORITY", "auto")
+    monkeypatch.setattr(worker, "resolve_priority", lambda policy: "idle")  # the CPUs were free when it started
+    pool = worker.WorkerPool()
+    pool.replenish("validate", "tensorflow", None)
+    spare = pool._spares[("validate", "tensorflow", None)]
+    try:
+        assert _policy_of(spare), "the spare did not take the idle policy"
+        monkeypatch.setattr(worker, "free_cpus", lambda: 0.1)  # and now they are busy
+        monkeypatch.setattr(worker, "resolve_priority", background.resolve_priority)
+        monkeypatch.setattr(background, "free_cpus", lambda: 0.1)
+        fresh = pool.take("validate", "tensorflow", None)
+        try:
+            assert fresh is not spare and not spare.usable()
+            assert not _policy_of(fresh)
+        finally:
+            fresh.discard()
+        pool.replenish("validate", "tensorflow", None)
+        monkeypatch.setattr(worker, "free_cpus", lambda: 1.9)  # a niced spare is kept whatever the load
+        kept = pool._spares[("validate", "tensorflow", None)]
+        assert pool.take("validate", "tensorflow", None) is kept
+        kept.discard()
+    finally:
+        spare.discard()
+        pool.shutdown()
+
+
+def test_a_bad_priority_setting_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.errors import RegistryError
+
+    monkeypatch.setenv("WORKBENCH_PROMOTE_PRIORITY", "high")
+    with pytest.raises(RegistryError, match="WORKBENCH_PROMOTE_PRIORITY: .*'high'"):
+        worker._Worker("tensorflow", None)
+
+
+def test_free_cpus_reads_the_machine() -> None:
+    free = background.free_cpus(interval=0.1, max_age=0)
+    if not Path("/proc/stat").exists():
+        assert free is None
+        return
+    assert free is not None and 0 <= free <= (os.cpu_count() or 1)
+    assert background.free_cpus(max_age=60) == free  # reused while fresh

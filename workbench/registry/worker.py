@@ -29,20 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from workbench import settings
-from workbench.background import stepping_aside
+from workbench.background import IDLE_CPUS_NEEDED, free_cpus, resolve_priority, runs_idle, stepping_aside
 from workbench.errors import CheckpointError, RegistryError, ValidationError
 
 IDLE_EXIT_S = 900
 _RESULT = "@@workbench-worker-result "
-# The worker lowers its priority before it imports anything (``WORKBENCH_PROMOTE_NICE``, passed as argv[1]): an
-# export, a validation or a spare worker's framework import competes with serving traffic for the CPUs, and on a
-# small machine a promote at full priority raised the p99 latency of the models being served ~3x while it ran
-# (bench/serve_hotswap). On an idle machine it is as fast.
-_BOOT = """import os, sys
-try:
-    os.nice(int(sys.argv[1]))
-except (OSError, ValueError):
-    pass
+# The worker lowers its priority before it imports anything heavy (``WORKBENCH_PROMOTE_PRIORITY``, resolved by the
+# caller and passed as argv[1]): an export, a validation or a spare worker's framework import competes with serving
+# traffic for the CPUs, and on a small machine a promote at full priority raised the p99 latency of the models being
+# served ~3x while it ran, ~2x at niceness 10 (bench/serve_hotswap). On an idle machine it is as fast.
+_BOOT = """import sys
+from workbench.background import lower_priority
+lower_priority(sys.argv[1])
 from workbench.registry.worker import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -126,12 +124,16 @@ def _own(e: Exception) -> bool:
 class _Worker:
     def __init__(self, framework: str, python: str | None, spare: bool = False):
         self.ready = False
+        try:
+            priority = resolve_priority(settings.PROMOTE_PRIORITY.get())
+        except ValueError as e:
+            raise RegistryError(f"{settings.PROMOTE_PRIORITY.name}: {e}") from None
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-c", _BOOT, settings.PROMOTE_NICE.get(), framework, *(["--spare"] if spare else [])],
+            [python or sys.executable, "-c", _BOOT, priority, framework, *(["--spare"] if spare else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, bufsize=0,
         )
         self._pending = b""  # read from stdout, not yet a whole line
@@ -209,8 +211,17 @@ class WorkerPool:
         with self._lock:
             spare = self._spares.pop((role, framework, python), None)
         if spare is not None and spare.usable():
-            return spare
+            if not self._starved(spare):
+                return spare
+            spare.discard()  # idle-policy on CPUs that are busy now: it would hardly run; a fresh one runs niced
         return _Worker(framework, python)
+
+    @staticmethod
+    def _starved(spare: _Worker) -> bool:
+        if settings.PROMOTE_PRIORITY.get().strip().lower() != "auto" or not runs_idle(spare.proc.pid):
+            return False
+        free = free_cpus()
+        return free is not None and free < IDLE_CPUS_NEEDED
 
     def replenish(self, role: str, framework: str, python: str | None) -> None:
         if settings.PROMOTE_WARM.get() in ("0", "false", "no"):
