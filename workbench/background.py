@@ -53,9 +53,10 @@ _AUTO_NICE = 10
 _measured: list[float] = [float("-inf"), 0.0]  # when, spare CPUs (see free_cpus)
 
 
-def free_cpus(interval: float = 0.05, max_age: float = 1.0) -> float | None:
+def free_cpus(interval: float = 0.05, max_age: float = 5.0) -> float | None:
     """How many CPUs were idle on average over ``interval`` s (the whole machine, from /proc/stat); a figure
-    measured less than ``max_age`` s ago is reused. None where it cannot be read (not Linux)."""
+    measured less than ``max_age`` s ago is reused (one promote measures once, before its own workers run, and
+    its spares start with that figure). None where it cannot be read (not Linux)."""
     now = time.monotonic()
     if now - _measured[0] < max_age:
         return _measured[1]
