@@ -37,7 +37,8 @@ _RESULT = "@@workbench-worker-result "
 # The worker lowers its priority before it imports anything heavy (``WORKBENCH_PROMOTE_PRIORITY``, resolved by the
 # caller and passed as argv[1]): an export, a validation or a spare worker's framework import competes with serving
 # traffic for the CPUs, and on a small machine a promote at full priority raised the p99 latency of the models being
-# served ~3x while it ran, ~2x at niceness 10 (bench/serve_hotswap). On an idle machine it is as fast.
+# served ~3x while it ran, ~2x at niceness 10, ~1.5-1.8x under the idle policy (bench/serve_hotswap). On an idle
+# machine the idle policy costs a promote ~0.1 s.
 _BOOT = """import sys
 from workbench.background import lower_priority
 lower_priority(sys.argv[1])
