@@ -101,23 +101,21 @@ def resolve_priority(policy: str) -> str:
     return policy
 
 
-def lower_priority(resolved: str) -> str:
+def lower_priority(resolved: str) -> None:
     """Apply :func:`resolve_priority`'s answer to this process (idle falls back to niceness 10 where the policy is
-    not available); returns what it did: ``"idle"``, ``"nice N"`` or ``"unchanged"``."""
+    not available or not allowed)."""
     if resolved == "idle" and hasattr(os, "SCHED_IDLE"):
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "idle"
+            return
         except OSError:
             pass
     increment = int(resolved) if resolved.isdigit() else _AUTO_NICE
     if increment > 0:
         try:
             os.nice(increment)
-            return f"nice {increment}"
         except OSError:
             pass
-    return "unchanged"
 
 
 def runs_idle(pid: int) -> bool:

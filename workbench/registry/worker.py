@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from workbench import settings
-from workbench.background import IDLE_CPUS_NEEDED, free_cpus, resolve_priority, runs_idle, stepping_aside
+from workbench.background import (
+    IDLE_CPUS_NEEDED,
+    check_priority,
+    free_cpus,
+    resolve_priority,
+    runs_idle,
+    stepping_aside,
+)
 from workbench.errors import CheckpointError, RegistryError, ValidationError
 
 IDLE_EXIT_S = 900
@@ -219,7 +226,11 @@ class WorkerPool:
 
     @staticmethod
     def _starved(spare: _Worker) -> bool:
-        if settings.PROMOTE_PRIORITY.get().strip().lower() != "auto" or not runs_idle(spare.proc.pid):
+        try:
+            auto = check_priority(settings.PROMOTE_PRIORITY.get()) == "auto"
+        except ValueError:
+            return False  # reported when a worker is started
+        if not auto or not runs_idle(spare.proc.pid):
             return False
         free = free_cpus()
         return free is not None and free < IDLE_CPUS_NEEDED
