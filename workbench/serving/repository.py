@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,22 @@ class ModelState:
     loading: frozenset[int] = frozenset()
 
     def live(self) -> int | None:
+        return self._live
+
+    @cached_property
+    def _live(self) -> int | None:  # asked on every unversioned request; the state never changes
         return live_version(self.data, set(self.servables))
+
+    @cached_property
+    def _traffic(self) -> tuple[list[int], list[float]]:
+        traffic = self.data.get("traffic") or {}
+        choices, weights = [], []
+        for ref, weight in traffic.items():
+            v = int(ref) if str(ref).isdigit() else self.data["labels"].get(ref)
+            if v is not None and int(v) in self.servables and weight > 0:
+                choices.append(int(v))
+                weights.append(weight)
+        return choices, weights
 
     def pick(self, version: int | None = None, label: str | None = None) -> Servable:
         if label is not None:
@@ -109,13 +125,7 @@ class ModelState:
         raise NotFound(f"model {self.name!r} has no loaded version {version}; loaded versions: {serving}")
 
     def _split(self) -> int | None:
-        traffic = self.data.get("traffic") or {}
-        choices, weights = [], []
-        for ref, weight in traffic.items():
-            v = int(ref) if str(ref).isdigit() else self.data["labels"].get(ref)
-            if v is not None and int(v) in self.servables and weight > 0:
-                choices.append(int(v))
-                weights.append(weight)
+        choices, weights = self._traffic
         return random.choices(choices, weights)[0] if choices else None
 
     def _failures(self) -> str:

@@ -1,0 +1,168 @@
+"""The C predict-body decoder: the same bits as the general path for every number it takes, None for anything else."""
+
+from __future__ import annotations
+
+import json
+import random
+from decimal import Decimal, getcontext
+
+import numpy as np
+import orjson
+import pytest
+
+from workbench.registry.signature import Signature, TensorSpec
+from workbench.serving import _native, fastjson
+
+DTYPES = {4: np.float32, 8: np.float64}
+
+
+def general(token: str, itemsize: int) -> np.ndarray:
+    """What the general path makes of one number: orjson's value, through numpy, cast to the input's dtype."""
+    return np.asarray([orjson.loads(token)]).astype(DTYPES[itemsize])
+
+
+def decode(body: bytes, itemsize: int = 4):
+    got = _native.decode(body, itemsize)
+    if got is None:
+        return None
+    key, data, shape = got
+    return key, np.frombuffer(data, dtype=DTYPES[itemsize]).reshape(shape)
+
+
+def tokens(n: int, seed: int) -> list[tuple[int, str]]:
+    """Numbers as clients write them, and the hard cases: decimals next to a double's or float32's rounding midpoint."""
+    getcontext().prec = 60
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:  # a float64, shortest repr, over many magnitudes
+            out.append((kind, repr(rng.uniform(-1, 1) * 10 ** rng.randint(-8, 12))))
+        elif kind == 1:  # a float32 written as its double (numpy's tolist, then orjson)
+            out.append((kind, repr(float(np.float32(rng.random())))))
+        elif kind == 2:  # 1 to 19 significant digits, any exponent it takes
+            digits = str(rng.randint(1, 9)) + "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 18)))
+            out.append((kind, f"{rng.choice(['', '-'])}{digits[0]}.{digits[1:] or '0'}e{rng.randint(-26, 20)}"))
+        elif kind == 3:  # next to the midpoint of two doubles
+            d = rng.uniform(0, 1) * 10 ** rng.randint(-7, 8)
+            mid = (Decimal(d) + Decimal(float(np.nextafter(d, np.inf)))) / 2
+            out.append((kind, format(mid, f".{rng.randint(14, 18)}e")))
+        elif kind == 4:  # next to the midpoint of two float32s
+            f = np.float32(rng.uniform(0, 300))
+            mid = (Decimal(float(f)) + Decimal(float(np.nextafter(f, np.float32(np.inf))))) / 2
+            out.append((kind, format(mid, f".{rng.randint(8, 18)}e")))
+        else:  # integers: pixel values, and large ones
+            out.append((kind, str(rng.randint(0, 255) if rng.random() < 0.5 else rng.randint(-(2**53), 2**53))))
+    return out
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_every_number_it_takes_has_the_general_paths_bits(itemsize):
+    taken = 0
+    for kind, token in tokens(6000, seed=itemsize):
+        got = decode(b'{"instances": [' + token.encode() + b"]}", itemsize)
+        if got is None:
+            assert kind == 2, token  # only numbers past its limits go back (19 digits below 1e-8, say)
+            continue
+        taken += 1
+        want = general(token, itemsize)
+        assert got[1].tobytes() == want.tobytes(), (token, got[1][0], want[0])
+    assert taken > 5500
+
+
+def test_a_float32_image_as_clients_send_it_decodes_whole():
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
+    got = decode(orjson.dumps({"instances": x.tolist()}))
+    assert got is not None and got[0] == "instances"
+    assert got[1].shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(got[1], x)
+    got[1][0, 0, 0, 0] = 1.0  # writable: the batcher may hand it on as it is
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"inputs": [[1, 2], [3, 4]]}',
+        ' \n{ "inputs" :\t[ [1 ,2] ,[ 3,4 ] ] }\r\n',
+        json.dumps({"inputs": [[1, 2], [3, 4]]}, indent=4),
+    ],
+)
+def test_whitespace_anywhere_json_allows_it(text):
+    key, arr = decode(text.encode(), 8)
+    assert key == "inputs" and arr.tolist() == [[1, 2], [3, 4]]
+
+
+def test_signs_of_zero_follow_the_general_path():
+    _, arr = decode(b'{"instances": [-0, -0.0, 0e5, -0E-3]}', 8)
+    want = np.asarray(orjson.loads(b"[-0, -0.0, 0e5, -0E-3]"), dtype=np.float64)
+    assert arr.tobytes() == want.tobytes()
+    assert not np.signbit(arr[0]) and np.signbit(arr[1])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1, 2], [3]]}',  # ragged
+        b'{"instances": [[1, 2], 3]}',  # mixed depth
+        b'{"instances": [1, [2]]}',
+        b'{"instances": []}',  # empty: no shape to read
+        b'{"instances": [[]]}',
+        b'{"instances": ["a"]}',
+        b'{"instances": [true]}',
+        b'{"instances": [null]}',
+        b'{"instances": [NaN]}',
+        b'{"instances": [Infinity]}',
+        b'{"instances": [01]}',  # not JSON numbers
+        b'{"instances": [1.]}',
+        b'{"instances": [.5]}',
+        b'{"instances": [+1]}',
+        b'{"instances": [1e]}',
+        b'{"instances": [--1]}',
+        b'{"instances": [1 2]}',
+        b'{"instances": [1,]}',
+        b'{"instances": 1}',
+        b'{"instances": [1]} x',  # trailing bytes
+        b'{"instances": [1], "signature_name": "serving_default"}',  # other keys: the Python paths
+        b'{"instances": [1], "instances": [2]}',
+        b'{"instance": [1]}',
+        b'{"inst\\u0061nces": [1]}',
+        b"[1, 2]",
+        b'{"instances": [12345678901234567890]}',  # 20 digits
+        b'{"instances": [1.234567890123456789e-12]}',  # a 19-digit quotient below the exact range
+        b'{"instances": [1e300]}',
+        b'{"instances": [9007199254740993]}',  # an integer over 2^53: numpy casts it to float32 in one rounding
+        b'{"instances": [12345678901234567e5]}',  # a product over 64 bits
+        b'{"instances": ' + b"[" * 33 + b"1" + b"]" * 33 + b"}",  # deeper than numpy's 32 dimensions
+    ],
+)
+def test_anything_else_goes_back_to_the_python_paths(body):
+    assert _native.decode(body, 4) is None
+
+
+def test_no_prefix_of_a_body_decodes():
+    body = orjson.dumps({"instances": [[0.5, -1.25e-3], [7, 1e2]]})
+    assert decode(body) is not None
+    for end in range(len(body)):
+        assert _native.decode(body[:end], 4) is None, body[:end]
+
+
+def test_a_bad_itemsize_is_a_caller_error():
+    with pytest.raises(ValueError, match="itemsize"):
+        _native.decode(b'{"instances": [1]}', 2)
+
+
+def test_the_server_decoder_takes_the_native_path_for_float_inputs(monkeypatch):
+    sig = Signature((TensorSpec("image", "float32", (None, 2, 2)),), (TensorSpec("p", "float32", (None, 3)),))
+    calls = []
+    real = _native.decode
+
+    def counting(body, itemsize):
+        calls.append(itemsize)
+        return real(body, itemsize)
+
+    monkeypatch.setattr(fastjson, "_native", type("Native", (), {"decode": staticmethod(counting)}))
+    inputs, fmt = fastjson.tfserving(b'{"instances": [[[1, 2], [3, 4]]]}', sig)
+    assert calls == [4] and fmt == "row"
+    assert inputs["image"].dtype == np.float32 and inputs["image"].shape == (1, 2, 2)
+    # a wrong instance shape is not its business: the general path words the error
+    assert fastjson.tfserving(b'{"instances": [[1, 2, 3]]}', sig) is None
