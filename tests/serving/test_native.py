@@ -1,4 +1,4 @@
-"""The C predict-body decoder: the same bits as the general path for every number it takes, None for anything else."""
+"""The C predict-body decoders (TF Serving, KServe V2): the general path's bits for all they take, None for the rest."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from workbench.registry.signature import Signature, TensorSpec
-from workbench.serving import _native, fastjson
+from workbench.registry.signature import InputError, Signature, TensorSpec
+from workbench.serving import _native, fastjson, v2
 
 DTYPES = {4: np.float32, 8: np.float64}
 
@@ -166,3 +166,84 @@ def test_the_server_decoder_takes_the_native_path_for_float_inputs(monkeypatch):
     assert inputs["image"].dtype == np.float32 and inputs["image"].shape == (1, 2, 2)
     # a wrong instance shape is not its business: the general path words the error
     assert fastjson.tfserving(b'{"instances": [[1, 2, 3]]}', sig) is None
+
+
+# ---------------------------------------------------------------- KServe V2
+
+V2_SIG = Signature(
+    (TensorSpec("image", "float32", (None, 2, 2)), TensorSpec("scale", "float64", (None,))),
+    (TensorSpec("p", "float32", (None, 3)),),
+)
+
+
+def general_v2(raw: bytes, sig: Signature):
+    try:
+        body = orjson.loads(raw)
+        inputs, wanted = v2.parse_infer(body, sig)
+        return inputs, body.get("id"), wanted
+    except (InputError, orjson.JSONDecodeError) as e:
+        return e
+
+
+def v2_body(**extra) -> dict:
+    x = np.random.default_rng(1).random((2, 2, 2)).astype("float32")
+    return {
+        "inputs": [
+            {"name": "image", "shape": [2, 2, 2], "datatype": "FP32", "data": x.reshape(-1).tolist()},
+            {"datatype": "fp64", "data": [[0.5], [1e-3]], "name": "scale", "shape": [2]},  # any key order, nested data
+        ],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("body", [v2_body(), v2_body(id="req-7"), json.dumps(v2_body(id="ü"), indent=1, ensure_ascii=False).encode()])
+def test_v2_bodies_of_float_tensors_take_the_native_path_and_agree(body):
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    fast = fastjson.v2(raw, V2_SIG)
+    assert fast is not None
+    inputs, request_id, wanted = general_v2(raw, V2_SIG)
+    assert wanted is None and fast[1] == request_id
+    assert set(fast[0]) == set(inputs)
+    for name, arr in inputs.items():
+        assert fast[0][name].dtype == arr.dtype and fast[0][name].shape == arr.shape
+        assert fast[0][name].tobytes() == arr.tobytes()
+
+
+def mutate(change) -> bytes:
+    body = v2_body()
+    change(body)
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        orjson.dumps(v2_body(outputs=[{"name": "p"}])),  # asks for outputs: the general path
+        orjson.dumps(v2_body(parameters={})),
+        orjson.dumps(v2_body(id=7)),  # a number for an id
+        mutate(lambda b: b["inputs"][0].update(name="nope")),  # an unknown input: the general path says so
+        mutate(lambda b: b["inputs"][0].update(datatype="FP64")),  # the wrong datatype
+        mutate(lambda b: b["inputs"][0].update(datatype="INT32", data=[1] * 8)),
+        mutate(lambda b: b["inputs"][0].update(shape=[3, 2, 2])),  # data does not fit the shape
+        mutate(lambda b: b["inputs"][0].update(shape=[2, -2, 2])),
+        mutate(lambda b: b["inputs"][0].update(data=[[0.0] * 4, [0.0] * 3])),  # ragged
+        mutate(lambda b: b["inputs"][0].update(data=["a"] * 8)),
+        mutate(lambda b: b["inputs"].pop()),  # an input missing
+        mutate(lambda b: b["inputs"].append(dict(b["inputs"][1]))),  # an input twice
+        mutate(lambda b: b["inputs"][1].update(shape=[1], data=[0.5])),  # batch sizes differ
+        mutate(lambda b: b["inputs"][1].update(parameters={"x": 1})),
+        mutate(lambda b: b["inputs"][1].pop("shape")),
+        mutate(lambda b: b["inputs"][1].update(name="sc\\u0061le")),
+        b'{"inputs": []}',
+        b"[]",
+        orjson.dumps(v2_body())[:-1],  # truncated
+    ],
+)
+def test_any_other_v2_body_goes_back_to_the_general_path(raw):
+    assert fastjson.v2(raw, V2_SIG) is None
+
+
+def test_every_v2_prefix_is_refused():
+    raw = orjson.dumps(v2_body(id="r"))
+    for end in range(len(raw)):
+        assert _native.decode_v2(raw[:end]) is None

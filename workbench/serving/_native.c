@@ -270,29 +270,74 @@ static int expect(Reader *r, const char *text, Py_ssize_t len) {
     return 1;
 }
 
-/* The body's one key (instances/inputs) and its array; 0 where the body is anything else. */
-static int read_body(Reader *r, const char **key) {
-    skip_ws(r);
-    if (!expect(r, "{", 1))
+/* The numeric array at r->p as (bytearray, shape) in *out, r->p moved past it. 1: done; 0: not such an array
+   (nothing set); -1: a Python error. */
+static int read_tensor(Reader *r, int itemsize, PyObject **out) {
+    Reader t = {.p = r->p, .end = r->end, .itemsize = itemsize, .leaf = -1, .x87 = r->x87};
+    if (!expect(&t, "[", 1))
         return 0;
-    skip_ws(r);
-    if (expect(r, "\"instances\"", 11))
-        *key = "instances";
-    else if (expect(r, "\"inputs\"", 8))
-        *key = "inputs";
-    else
+    t.cap = (t.end - t.p) / 2 + 1; /* a number takes a character, and a separator follows all but the last */
+    for (int i = 0; i < MAX_DEPTH; i++)
+        t.dims[i] = -1;
+    PyObject *data = PyByteArray_FromStringAndSize(NULL, t.cap * itemsize);
+    if (data == NULL)
+        return -1;
+    t.out = PyByteArray_AS_STRING(data);
+    if (!read_array(&t, 0)) {
+        Py_DECREF(data);
         return 0;
-    skip_ws(r);
-    if (!expect(r, ":", 1))
+    }
+    PyObject *shape = PyTuple_New(t.leaf + 1);
+    if (shape == NULL || PyByteArray_Resize(data, t.n * itemsize) < 0) {
+        Py_XDECREF(shape);
+        Py_DECREF(data);
+        return -1;
+    }
+    for (int i = 0; i <= t.leaf; i++)
+        PyTuple_SET_ITEM(shape, i, PyLong_FromSsize_t(t.dims[i]));
+    *out = Py_BuildValue("(NN)", data, shape);
+    r->p = t.p;
+    return *out == NULL ? -1 : 1;
+}
+
+/* A string with no escapes or control characters; *start and *len its text. */
+static int read_plain_string(Reader *r, const char **start, Py_ssize_t *len) {
+    if (!expect(r, "\"", 1))
         return 0;
-    skip_ws(r);
-    if (!expect(r, "[", 1) || !read_array(r, 0))
+    const char *s = r->p;
+    while (r->p < r->end && *r->p != '"') {
+        if (*r->p == '\\' || (unsigned char)*r->p < 0x20)
+            return 0;
+        r->p++;
+    }
+    if (r->p >= r->end)
         return 0;
+    *start = s;
+    *len = r->p - s;
+    r->p++;
+    return 1;
+}
+
+static int is_key(const char *s, Py_ssize_t len, const char *key) {
+    return (size_t)len == strlen(key) && memcmp(s, key, (size_t)len) == 0;
+}
+
+/* After one member of an object: 1 and the next member follows, 0 and the object ended, -1: neither. */
+static int next_member(Reader *r) {
     skip_ws(r);
-    if (!expect(r, "}", 1))
-        return 0;
-    skip_ws(r);
-    return r->p == r->end;
+    if (expect(r, ",", 1)) {
+        skip_ws(r);
+        return 1;
+    }
+    return expect(r, "}", 1) ? 0 : -1;
+}
+
+static Reader reader(Py_buffer *body) {
+    Reader r = {.p = body->buf, .end = (const char *)body->buf + body->len, .leaf = -1};
+#if LDBL_MANT_DIG == 64
+    r.x87 = x87_extended();
+#endif
+    return r;
 }
 
 static PyObject *decode(PyObject *self, PyObject *args) {
@@ -305,44 +350,212 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "itemsize must be 4 (float32) or 8 (float64)");
         return NULL;
     }
-    Reader r = {.p = body.buf, .end = (const char *)body.buf + body.len, .itemsize = itemsize, .leaf = -1};
-#if LDBL_MANT_DIG == 64
-    r.x87 = x87_extended();
-#endif
-    r.cap = body.len / 2 + 1; /* a number takes a character, and a separator follows all but the last */
-    for (int i = 0; i < MAX_DEPTH; i++)
-        r.dims[i] = -1;
-    PyObject *data = PyByteArray_FromStringAndSize(NULL, r.cap * itemsize);
-    if (data == NULL) {
-        PyBuffer_Release(&body);
-        return NULL;
-    }
-    r.out = PyByteArray_AS_STRING(data);
+    Reader r = reader(&body);
     const char *key = NULL;
-    int ok = read_body(&r, &key);
+    PyObject *tensor = NULL;
+    int got = 0;
+    skip_ws(&r);
+    if (expect(&r, "{", 1)) {
+        skip_ws(&r);
+        key = expect(&r, "\"instances\"", 11) ? "instances" : expect(&r, "\"inputs\"", 8) ? "inputs" : NULL;
+        skip_ws(&r);
+        if (key != NULL && expect(&r, ":", 1)) {
+            skip_ws(&r);
+            got = read_tensor(&r, itemsize, &tensor);
+        }
+    }
+    skip_ws(&r);
+    int ended = got > 0 && expect(&r, "}", 1);
+    skip_ws(&r);
+    ended = ended && r.p == r.end;
     PyBuffer_Release(&body);
-    if (!ok) {
-        Py_DECREF(data);
+    if (got < 0)
+        return NULL;
+    if (!ended) {
+        Py_XDECREF(tensor);
         Py_RETURN_NONE;
     }
-    if (PyByteArray_Resize(data, r.n * itemsize) < 0) {
-        Py_DECREF(data);
-        return NULL;
+    PyObject *result = Py_BuildValue("(sOO)", key, PyTuple_GET_ITEM(tensor, 0), PyTuple_GET_ITEM(tensor, 1));
+    Py_DECREF(tensor);
+    return result;
+}
+
+/* The list of dimensions at r->p ("[1, 28, 28]") in *out. 1: done; 0: not one; -1: a Python error. */
+static int read_dims(Reader *r, PyObject **out) {
+    if (!expect(r, "[", 1))
+        return 0;
+    PyObject *dims = PyList_New(0);
+    if (dims == NULL)
+        return -1;
+    skip_ws(r);
+    if (expect(r, "]", 1)) {
+        *out = dims;
+        return 1;
     }
-    PyObject *shape = PyTuple_New(r.leaf + 1);
-    if (shape == NULL) {
-        Py_DECREF(data);
-        return NULL;
+    for (;;) {
+        long long dim = 0;
+        int digits = 0;
+        while (r->p < r->end && is_digit(*r->p) && digits < 18) {
+            dim = dim * 10 + (*r->p++ - '0');
+            digits++;
+        }
+        if (digits == 0 || (r->p < r->end && is_digit(*r->p)) || (digits > 1 && r->p[-digits] == '0'))
+            break; /* not a dimension (a sign, a leading zero, too long...) */
+        PyObject *d = PyLong_FromLongLong(dim);
+        if (d == NULL || PyList_Append(dims, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(dims);
+            return -1;
+        }
+        Py_DECREF(d);
+        skip_ws(r);
+        if (expect(r, "]", 1)) {
+            *out = dims;
+            return 1;
+        }
+        if (!expect(r, ",", 1))
+            break;
+        skip_ws(r);
     }
-    for (int i = 0; i <= r.leaf; i++)
-        PyTuple_SET_ITEM(shape, i, PyLong_FromSsize_t(r.dims[i]));
-    return Py_BuildValue("(sNN)", key, data, shape);
+    Py_DECREF(dims);
+    return 0;
+}
+
+/* One V2 input tensor object, {"name", "shape", "datatype", "data"} in any order, as
+   (name, datatype, shape, bytearray of float64, data's own shape). 1: done; 0: anything else; -1: a Python error. */
+static int read_v2_tensor(Reader *r, PyObject **out) {
+    const char *name = NULL, *datatype = NULL, *key;
+    Py_ssize_t name_len = 0, datatype_len = 0, key_len;
+    PyObject *shape = NULL, *data = NULL;
+    int ok = 0;
+    skip_ws(r);
+    if (!expect(r, "{", 1))
+        return 0;
+    skip_ws(r);
+    for (;;) {
+        if (!read_plain_string(r, &key, &key_len))
+            goto done;
+        skip_ws(r);
+        if (!expect(r, ":", 1))
+            goto done;
+        skip_ws(r);
+        int got = 1;
+        if (is_key(key, key_len, "name") && name == NULL)
+            got = read_plain_string(r, &name, &name_len);
+        else if (is_key(key, key_len, "datatype") && datatype == NULL)
+            got = read_plain_string(r, &datatype, &datatype_len);
+        else if (is_key(key, key_len, "shape") && shape == NULL)
+            got = read_dims(r, &shape);
+        else if (is_key(key, key_len, "data") && data == NULL)
+            got = read_tensor(r, 8, &data);
+        else
+            got = 0; /* another key ("parameters"...), or one given twice: the general path */
+        if (got <= 0) {
+            ok = got;
+            goto done;
+        }
+        int more = next_member(r);
+        if (more < 0)
+            goto done;
+        if (!more)
+            break;
+    }
+    if (name == NULL || datatype == NULL || shape == NULL || data == NULL)
+        goto done;
+    *out = Py_BuildValue("(s#s#OOO)", name, name_len, datatype, datatype_len, shape, PyTuple_GET_ITEM(data, 0),
+                         PyTuple_GET_ITEM(data, 1));
+    if (*out == NULL)
+        PyErr_Clear(); /* a name that is not UTF-8: the general path words it */
+    ok = *out != NULL;
+done:
+    Py_XDECREF(shape);
+    Py_XDECREF(data);
+    return ok;
+}
+
+static PyObject *decode_v2(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    if (!PyArg_ParseTuple(args, "y*:decode_v2", &body))
+        return NULL;
+    Reader r = reader(&body);
+    PyObject *inputs = NULL, *id = NULL, *result = NULL;
+    const char *key;
+    Py_ssize_t key_len;
+    int failed = 0; /* a Python error, not just a body for the general path */
+    skip_ws(&r);
+    if (!expect(&r, "{", 1))
+        goto done;
+    skip_ws(&r);
+    for (;;) {
+        if (!read_plain_string(&r, &key, &key_len))
+            goto done;
+        skip_ws(&r);
+        if (!expect(&r, ":", 1))
+            goto done;
+        skip_ws(&r);
+        if (is_key(key, key_len, "inputs") && inputs == NULL) {
+            if (!expect(&r, "[", 1) || (inputs = PyList_New(0)) == NULL)
+                goto done;
+            for (;;) {
+                PyObject *tensor = NULL;
+                int got = read_v2_tensor(&r, &tensor);
+                if (got <= 0) {
+                    failed = got < 0;
+                    goto done;
+                }
+                int appended = PyList_Append(inputs, tensor);
+                Py_DECREF(tensor);
+                if (appended < 0) {
+                    failed = 1;
+                    goto done;
+                }
+                skip_ws(&r);
+                if (expect(&r, "]", 1))
+                    break;
+                if (!expect(&r, ",", 1))
+                    goto done;
+            }
+        } else if (is_key(key, key_len, "id") && id == NULL) {
+            const char *text;
+            Py_ssize_t len;
+            if (!read_plain_string(&r, &text, &len))
+                goto done;
+            if ((id = PyUnicode_DecodeUTF8(text, len, NULL)) == NULL) {
+                PyErr_Clear();
+                goto done;
+            }
+        } else {
+            goto done; /* "outputs", "parameters", a key twice...: the general path */
+        }
+        int more = next_member(&r);
+        if (more < 0)
+            goto done;
+        if (!more)
+            break;
+    }
+    skip_ws(&r);
+    if (r.p == r.end && inputs != NULL)
+        result = Py_BuildValue("(OO)", id ? id : Py_None, inputs);
+done:
+    PyBuffer_Release(&body);
+    Py_XDECREF(inputs);
+    Py_XDECREF(id);
+    if (failed)
+        return NULL;
+    if (result == NULL) {
+        PyErr_Clear();
+        result = Py_NewRef(Py_None);
+    }
+    return result;
 }
 
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(body, itemsize) -> (key, bytearray, shape) | None: a {\"instances\"|\"inputs\": numbers} body "
      "as packed float32 (itemsize 4) or float64 (8); None for any other body."},
+    {"decode_v2", decode_v2, METH_VARARGS,
+     "decode_v2(body) -> (id, [(name, datatype, shape, bytearray, data_shape), ...]) | None: a KServe V2 infer "
+     "body of \"inputs\" (numeric \"data\" as packed float64) and an optional string \"id\"; None for any other."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -151,14 +151,18 @@ class ServerApp:
         raw = _body(request)
         t0 = time.perf_counter()
         servable = self._pick(name, version, None)
-        body = _loads(raw)
-        try:
-            inputs, wanted = v2.parse_infer(body, servable.signature)
-        except InputError as e:
-            self._count(name, servable.version, "v2", 400)
-            raise HTTPError(400, str(e)) from None
+        fast = fastjson.v2(raw, servable.signature)
+        if fast is not None:
+            (inputs, request_id), wanted = fast, None
+        else:
+            body = _loads(raw)
+            try:
+                inputs, wanted = v2.parse_infer(body, servable.signature)
+            except InputError as e:
+                self._count(name, servable.version, "v2", 400)
+                raise HTTPError(400, str(e)) from None
+            request_id = body.get("id") if isinstance(body, dict) else None
         servable, outputs = await self._run(servable, inputs, version, None, request.connections <= 1)
-        request_id = body.get("id") if isinstance(body, dict) else None
         response = reply(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
                             headers=self._headers(servable.version))
         self._observe(name, servable.version, "v2", t0, inputs, outputs)

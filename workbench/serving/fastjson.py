@@ -26,6 +26,7 @@ The commonest body of all, one numeric float tensor under ``instances`` or
 at install time where a C compiler is present), which writes the tensor's
 dtype directly: ~10 µs for one 28x28 image, against ~55 µs on the simdjson
 path. It returns None for anything else, and this module carries on as above.
+:func:`v2` does the same for KServe V2 infer bodies of float tensors.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _KEEP = b'[]{},:"'
 _DELETE = bytes(c for c in range(256) if c not in _KEEP)
 _BUFFER = {"f": ("d", np.float64), "i": ("i", np.int64), "u": ("u", np.uint64)}
 _NATIVE = {"float32": 4, "float64": 8}  # input dtypes the C decoder writes
+_V2_DATATYPES = {"FP32": "float32", "FP64": "float64"}
 
 
 def skeleton(raw: bytes) -> bytes:
@@ -112,6 +114,29 @@ def tfserving(raw: bytes, signature: Signature) -> tuple[dict[str, np.ndarray], 
         inputs = {spec.name: coerce(spec, out[spec.name]) for spec in signature.inputs}
         return inputs, "row" if "instances" in keys else "columnar"
     except Exception:  # _Fallback, invalid JSON, a wrong type or shape: the general path words the error
+        return None
+
+
+def v2(raw: bytes, signature: Signature) -> tuple[dict[str, np.ndarray], Any] | None:
+    """Like :func:`workbench.serving.v2.parse_infer` on ``raw`` plus the body's ``id``, for float tensors; or None."""
+    if _native is None:
+        return None
+    try:
+        got = _native.decode_v2(raw)
+        if got is None:
+            return None
+        request_id, tensors = got
+        out: dict[str, np.ndarray] = {}
+        for name, datatype, shape, data, _ in tensors:
+            spec = _input(signature, name)
+            dtype = _V2_DATATYPES.get(datatype.upper())
+            if spec is None or spec.name in out or dtype is None or spec.dtype != dtype:
+                return None
+            out[spec.name] = coerce(spec, np.frombuffer(data, dtype=np.float64).astype(dtype).reshape(shape))
+        if len(out) != len(signature.inputs) or len({len(a) for a in out.values()}) != 1:
+            return None
+        return out, request_id
+    except Exception:  # a shape that does not fit, a wrong dimension...: the general path words the error
         return None
 
 
