@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -53,29 +55,94 @@ _AUTO_NICE = 10
 _measured: list[float] = [float("-inf"), 0.0]  # when, spare CPUs (see free_cpus)
 
 
-def free_cpus(interval: float = 0.05, max_age: float = 5.0) -> float | None:
-    """How many CPUs were idle on average over ``interval`` s (the whole machine, from /proc/stat); a figure
-    measured less than ``max_age`` s ago is reused (one promote measures once, before its own workers run, and
-    its spares start with that figure). None where it cannot be read (not Linux)."""
+def free_cpus(interval: float = 0.05, max_age: float = 5.0, quota: CPUQuota | None | bool = True) -> float | None:
+    """How many CPUs were idle on average over ``interval`` s: the whole machine's, from /proc/stat, but no more
+    than this process's cgroup CPU quota leaves unused (a pod's CPU limit), from ``quota`` (True: look it up,
+    :func:`cpu_quota`). A figure measured less than ``max_age`` s ago is reused (one promote measures once,
+    before its own workers run, and its spares start with that figure). None where it cannot be read."""
     now = time.monotonic()
     if now - _measured[0] < max_age:
         return _measured[1]
+    if quota is True:
+        quota = cpu_quota()
 
-    def sample() -> tuple[int, int]:
+    def sample() -> tuple[int, int, float]:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-        return ticks[3] + ticks[4], sum(ticks)
+        return ticks[3] + ticks[4], sum(ticks), quota.used() if quota else 0.0
 
     try:
-        idle0, total0 = sample()
+        idle0, total0, used0 = sample()
+        t0 = time.monotonic()
         time.sleep(interval)
-        idle1, total1 = sample()
+        idle1, total1, used1 = sample()
+        elapsed = time.monotonic() - t0
     except (OSError, ValueError, IndexError):
         return None
     if total1 <= total0:
         return None
-    _measured[:] = [time.monotonic(), (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)]
-    return _measured[1]
+    free = (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)
+    if quota:
+        free = max(0.0, min(free, quota.cpus - (used1 - used0) / elapsed))
+    _measured[:] = [time.monotonic(), free]
+    return free
+
+
+@dataclass(frozen=True)
+class CPUQuota:
+    """A cgroup's CPU limit (``cpus``, e.g. a pod's ``limits.cpu``) and the file counting its CPU time."""
+
+    cpus: float
+    usage: Path  # cgroup v2 cpu.stat (usage_usec), or v1 cpuacct.usage (ns)
+
+    def used(self) -> float:
+        """CPU seconds the cgroup has used."""
+        text = self.usage.read_text()
+        if self.usage.name == "cpu.stat":
+            return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec")) / 1e6
+        return int(text) / 1e9
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> CPUQuota | None:
+    """The tightest CPU quota set on this process's cgroup or an ancestor (cgroup v2, or v1's cpu and cpuacct
+    controllers), or None where none is set or cgroups cannot be read. Inside a container the cgroup's own path
+    may not exist below ``root`` (it is the root there): then the mount itself is the cgroup."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        return None
+    tightest: CPUQuota | None = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            limit_dir, usage_dir, v2 = root, root, True
+        elif "cpu" in controllers.split(","):
+            limit_dir, v2 = root / controllers, False
+            usage_dir = limit_dir if "cpuacct" in controllers.split(",") else root / "cpuacct"
+        else:
+            continue
+        own_dir = limit_dir / path.lstrip("/")
+        rel = own_dir.relative_to(limit_dir) if own_dir.is_dir() else Path(".")
+        for folder in [rel, *rel.parents]:  # its own cgroup, then each ancestor up to the mount
+            cpus = _quota(limit_dir / folder, v2)
+            usage = usage_dir / folder / ("cpu.stat" if v2 else "cpuacct.usage")
+            if cpus is not None and (tightest is None or cpus < tightest.cpus) and usage.exists():
+                tightest = CPUQuota(cpus, usage)
+    return tightest
+
+
+def _quota(folder: Path, v2: bool) -> float | None:
+    try:
+        if v2:
+            limit, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if limit == "max" else int(limit) / int(period)
+        limit = (folder / "cpu.cfs_quota_us").read_text().strip()
+        return None if int(limit) <= 0 else int(limit) / int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_priority(policy: str) -> str:

@@ -48,7 +48,7 @@ PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validati
 PROMOTE_PRIORITY = Setting(
     "WORKBENCH_PROMOTE_PRIORITY",
     "auto",
-    "export/validation workers: 'idle' (run only on free CPUs), a niceness to add, or 'auto' (idle while >= half a CPU is free, else nice 10)",
+    "export/validation workers: 'idle' (run only on free CPUs), a niceness to add, or 'auto' (idle while >= half a CPU is free, within the cgroup's CPU limit if any, else nice 10)",
 )
 SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
 ENVIRONMENTS = Setting(

@@ -142,3 +142,72 @@ def test_free_cpus_reads_the_machine() -> None:
         return
     assert free is not None and 0 <= free <= (os.cpu_count() or 1)
     assert background.free_cpus(max_age=60) == free  # reused while fresh
+
+
+# ---------------------------------------------------------------- a pod's CPU limit (cgroup quotas)
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_tightest_cgroup_v2_quota_on_the_way_up_is_found(tmp_path: Path) -> None:
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/kubepods/pod1/ctr\n")
+    root = tmp_path / "fs"
+    _tree(root, {
+        "kubepods/cpu.max": "max 100000\n",
+        "kubepods/pod1/cpu.max": "50000 100000\n",  # the pod's limits.cpu: 500m
+        "kubepods/pod1/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n",
+        "kubepods/pod1/ctr/cpu.max": "max 100000\n",
+        "kubepods/pod1/ctr/cpu.stat": "usage_usec 1000\n",
+    })
+    quota = background.cpu_quota(root, own)
+    assert quota is not None and quota.cpus == 0.5 and quota.usage == root / "kubepods/pod1/cpu.stat"
+    assert quota.used() == 2.5
+    (root / "kubepods/pod1/ctr/cpu.max").write_text("30000 100000\n")  # a tighter one below it wins
+    assert background.cpu_quota(root, own).cpus == 0.3  # type: ignore[union-attr]
+
+
+def test_a_container_sees_its_own_cgroup_as_the_mount_and_v1_quotas_count_too(tmp_path: Path) -> None:
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/kubepods/pod1/ctr\n")  # a path that does not exist inside the container
+    _tree(tmp_path / "v2", {"cpu.max": "150000 100000\n", "cpu.stat": "usage_usec 7\n"})
+    assert background.cpu_quota(tmp_path / "v2", own).cpus == 1.5  # type: ignore[union-attr]
+
+    own.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    _tree(tmp_path / "v1", {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "25000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+        "cpu,cpuacct/docker/abc/cpuacct.usage": "123000000000\n",
+    })
+    quota = background.cpu_quota(tmp_path / "v1", own)
+    assert quota is not None and quota.cpus == 0.25 and quota.used() == 123.0
+
+
+def test_no_quota_is_none(tmp_path: Path) -> None:
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/a\n1:cpu:/\n")
+    _tree(tmp_path, {"a/cpu.max": "max 100000\n", "a/cpu.stat": "usage_usec 1\n", "cpu/cpu.cfs_quota_us": "-1\n"})
+    assert background.cpu_quota(tmp_path, own) is None
+    assert background.cpu_quota(tmp_path, tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat")
+def test_free_cpus_are_what_the_quota_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Busy:  # a 0.3-CPU pod using ~0.2 CPUs over the sample
+        cpus = 0.3
+        readings = iter([10.0, 10.02])
+
+        def used(self) -> float:
+            return next(self.readings)
+
+    free = background.free_cpus(interval=0.1, max_age=0, quota=Busy())  # type: ignore[arg-type]
+    assert free is not None and free < 0.15
+    # so on a throttled pod `auto` picks niceness, whatever the machine's idle CPUs say
+    monkeypatch.setattr(background, "cpu_quota", lambda: background.CPUQuota(0.3, Path("/proc/self/stat")))
+    monkeypatch.setattr(background.CPUQuota, "used", lambda self: 1.0)
+    monkeypatch.setattr(background, "_measured", [float("-inf"), 0.0])
+    assert background.resolve_priority("auto") == "10"
