@@ -73,6 +73,7 @@ def test_promote_workers_run_below_the_server(monkeypatch: pytest.MonkeyPatch, s
             time.sleep(0.01)
         assert _nice(w.proc.pid) == min(19, base + 7)
         assert not background.runs_idle(w.proc.pid)
+        assert w.priority == "nice 7"  # what promote records in the version's validation info
         assert ("--spare" in Path(f"/proc/{w.proc.pid}/cmdline").read_bytes().decode().split("\0")) == spare
     finally:
         w.discard()

@@ -44,6 +44,8 @@ def test_promote_latest_best_and_step_with_lineage(trained, server, digits):
     assert entry["signature"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": [None, 28, 28]}]
     assert entry["signature"]["outputs"] == [{"name": "probabilities", "dtype": "float32", "shape": [None, 10]}]
     assert entry["framework"] == "tensorflow" and (v3.path / "saved_model.pb").is_file()
+    for ran_under in (entry["validation"]["priority"], entry["validation"]["export_priority"]):
+        assert ran_under == "idle" or ran_under.startswith("nice "), ran_under
     assert data["history"][-1]["event"] == "promote"
 
     # the served model computes what the checkpoint computes

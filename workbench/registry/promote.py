@@ -107,6 +107,7 @@ def promote(
             "signature": signature.to_dict(), "validation": {**validation, **timings},
         }
         entry["validation"].pop("signature", None)
+        entry["validation"]["export_priority"] = exported["priority"]  # (its own "priority": the validation's)
         version = store.publish(staging, entry, live=live, label=label)
     except BaseException:
         validator.discard()  # (a no-op when it ran)

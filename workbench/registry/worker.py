@@ -136,6 +136,7 @@ class _Worker:
             priority = resolve_priority(settings.PROMOTE_PRIORITY.get())
         except ValueError as e:
             raise RegistryError(f"{settings.PROMOTE_PRIORITY.name}: {e}") from None
+        self.priority = priority if priority == "idle" else f"nice {priority}"  # as promote records it
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -268,7 +269,8 @@ def run(
     role: str, framework: str, python: str | None, request: dict[str, Any], timeout: float = 600, worker: _Worker | None = None
 ) -> dict[str, Any]:
     """Run ``request`` in a fresh worker (``worker``, taken from :data:`POOL` earlier, or one taken now); return its
-    result or raise the error it reported."""
+    result, with the scheduling priority the worker ran under (``priority``: "idle" or "nice N"), or raise the
+    error it reported."""
     worker = worker or POOL.take(role, framework, python)
     try:
         answer = worker.call(request, timeout)
@@ -277,7 +279,7 @@ def run(
     if not answer["ok"]:
         error = CheckpointError if answer.get("type") == "CheckpointError" else RegistryError
         raise (ValidationError if role == "validate" else error)(answer["error"])
-    return answer["result"]  # type: ignore[no-any-return]
+    return {**answer["result"], "priority": worker.priority}
 
 
 if __name__ == "__main__":
