@@ -96,3 +96,26 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
     assert out["score"].tolist() == [15.0, 40.0, 65.0]  # (0,1,2,3).w + alpha, rows 0..2
     keyword = runtime._call(inputs)
     assert all(np.array_equal(keyword[k].numpy(), out[k]) for k in out)
+
+
+def test_keras_exports_track_only_the_weights_unless_the_model_holds_other_resources(lenet, tmp_path):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from workbench.registry.frameworks import get_framework
+    from workbench.registry.frameworks.tensorflow import export_keras
+
+    export_keras(lenet, tmp_path / "light")
+    loaded = tf.saved_model.load(str(tmp_path / "light"))
+    assert not hasattr(loaded, "model") and len(loaded.weights) == len(lenet.variables)  # no Keras objects to restore
+
+    # a lookup layer's table is a resource the serving function captures: the whole model is tracked instead
+    words = keras.Input((1,), dtype="string", name="word")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b", "c"], name="ids")(words)
+    model = keras.Model(words, keras.layers.Dense(2, name="score")(keras.ops.cast(ids, "float32")))
+    export_keras(model, tmp_path / "lookup")
+    assert hasattr(tf.saved_model.load(str(tmp_path / "lookup")), "model")
+    runtime = get_framework("tensorflow").load(tmp_path / "lookup")
+    out = runtime.predict({"word": np.array([["b"], ["zzz"]], dtype=object)})["score"]
+    np.testing.assert_allclose(out, model(tf.constant([["b"], ["zzz"]])).numpy(), rtol=1e-5)

