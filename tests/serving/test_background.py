@@ -212,3 +212,60 @@ def test_free_cpus_are_what_the_quota_leaves(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(background.CPUQuota, "used", lambda self: 1.0)
     monkeypatch.setattr(background, "_measured", [float("-inf"), 0.0])
     assert background.resolve_priority("auto") == "10"
+
+
+# ---------------------------------------------------------------- a worker starved under the idle policy
+
+
+@pytest.fixture
+def tiny_export(tmp_path: Path) -> Path:
+    import keras
+
+    from workbench.registry.frameworks.tensorflow import export_keras
+
+    model = keras.Sequential([keras.Input((8,), name="x"), keras.layers.Dense(4, name="y")])
+    export_keras(model, tmp_path / "export")
+    return tmp_path / "export"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling policy")
+@pytest.mark.parametrize("may_leave_idle", [True, False])
+def test_an_idle_worker_that_the_busy_cpus_starve_is_moved_to_niceness_or_run_again(
+    monkeypatch: pytest.MonkeyPatch, tiny_export: Path, may_leave_idle: bool
+) -> None:
+    import subprocess
+    import sys
+
+    if may_leave_idle and os.geteuid() != 0:
+        pytest.skip("leaving the idle policy needs root (CAP_SYS_NICE); the other case covers everyone else")
+    monkeypatch.setenv("WORKBENCH_PROMOTE_PRIORITY", "idle")  # as `auto` picks while the CPUs are free
+    w = worker._Worker("tensorflow", None)
+    assert w.wait_ready(180) and background.runs_idle(w.proc.pid)
+    spin = "print('spinning', flush=True)\nwhile True: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range((os.cpu_count() or 1) + 1)]
+    for p in busy:
+        assert p.stdout is not None and p.stdout.readline() == b"spinning\n"  # every CPU is busy from here on
+
+    def stop_busy() -> None:
+        for p in busy:
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+    if not may_leave_idle:  # like an unprivileged user: the worker is run again, here once the load has gone
+        def refused(*args: object) -> None:
+            stop_busy()
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(worker.os, "sched_setscheduler", refused)
+    try:
+        t0 = time.monotonic()
+        result = worker.run("validate", "tensorflow", None, {"op": "validate", "dir": str(tiny_export)}, 120, worker=w)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop_busy()
+    assert result["output_shapes"] == {"y": [2, 4]}
+    assert result["priority"] == ("nice 10 (idle until the CPUs got busy)" if may_leave_idle else "nice 10"), result
+    assert elapsed < 60, elapsed  # starved, the same work would take minutes

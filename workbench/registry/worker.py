@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import select
 import subprocess
@@ -39,7 +40,12 @@ from workbench.background import (
 )
 from workbench.errors import CheckpointError, RegistryError, ValidationError
 
+log = logging.getLogger("workbench.registry")
+
 IDLE_EXIT_S = 900
+# An idle-policy worker still waiting after STARVED_AFTER_S is checked every STARVED_TICK_S for starvation.
+STARVED_AFTER_S = 1.0
+STARVED_TICK_S = 0.5
 _RESULT = "@@workbench-worker-result "
 # The worker lowers its priority before it imports anything heavy (``WORKBENCH_PROMOTE_PRIORITY``, resolved by the
 # caller and passed as argv[1]): an export, a validation or a spare worker's framework import competes with serving
@@ -120,6 +126,15 @@ def main(argv: list[str]) -> int:
     os._exit(0)  # the answer is out and every file written: skip the framework's teardown (~1 s for TensorFlow)
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time process ``pid`` has used (all its threads), from /proc; None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _own(e: Exception) -> bool:
     from workbench.errors import WorkbenchError
 
@@ -129,13 +144,19 @@ def _own(e: Exception) -> bool:
 # ---------------------------------------------------------------- in the caller
 
 
+class _Starved(Exception):
+    """An idle-policy worker got no CPU (the CPUs became busy after it started) and could not be moved off it."""
+
+
 class _Worker:
-    def __init__(self, framework: str, python: str | None, spare: bool = False):
+    def __init__(self, framework: str, python: str | None, spare: bool = False, priority: str | None = None):
+        """``priority``: as :func:`~workbench.background.resolve_priority` answers; None: resolve the setting now."""
         self.ready = False
-        try:
-            priority = resolve_priority(settings.PROMOTE_PRIORITY.get())
-        except ValueError as e:
-            raise RegistryError(f"{settings.PROMOTE_PRIORITY.name}: {e}") from None
+        if priority is None:
+            try:
+                priority = resolve_priority(settings.PROMOTE_PRIORITY.get())
+            except ValueError as e:
+                raise RegistryError(f"{settings.PROMOTE_PRIORITY.name}: {e}") from None
         self.priority = priority if priority == "idle" else f"nice {priority}"  # as promote records it
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
@@ -163,9 +184,16 @@ class _Worker:
             self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         except BrokenPipeError:
             pass  # it died before reading: reported below
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
+        cpu = _cpu_seconds(self.proc.pid)
         while True:
-            line = self._readline(deadline)
+            tick = min(deadline, time.monotonic() + STARVED_TICK_S)
+            line = self._readline(tick)
+            if line is None and time.monotonic() < deadline:
+                if self.priority == "idle" and time.monotonic() - start >= STARVED_AFTER_S:
+                    cpu = self._rescue_if_starved(request["op"], cpu)
+                continue
             if line is None:
                 self.proc.kill()
                 raise RegistryError(f"{request['op']} took longer than {timeout:.0f} s and was stopped")
@@ -177,6 +205,31 @@ class _Worker:
                 )
             if line.startswith(_RESULT):
                 return json.loads(line[len(_RESULT):])  # type: ignore[no-any-return]
+
+    def _rescue_if_starved(self, op: str, cpu_before: float | None) -> float | None:
+        """Under the idle policy a worker gets almost no CPU once the CPUs are busy (the policy was chosen while
+        they were free). If it ran less than a tenth of the last tick and the CPUs are busy, move each of its
+        threads to niceness 10; where that is not allowed (leaving the idle policy needs privileges), raise
+        _Starved so that the request runs again in a fresh worker. Returns the CPU time it has used."""
+        cpu = _cpu_seconds(self.proc.pid)
+        if cpu is None or cpu_before is None or cpu - cpu_before >= 0.1 * STARVED_TICK_S:
+            return cpu
+        free = free_cpus(max_age=1.0)
+        if free is None or free >= IDLE_CPUS_NEEDED:
+            return cpu
+        try:
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, int(tid), 10)
+        except FileNotFoundError:
+            return cpu  # it is exiting
+        except OSError as e:
+            log.warning("the %s worker got no CPU under the idle policy (the CPUs are busy) and cannot leave it "
+                        "(%s); running the %s again at niceness 10", op, e, op)
+            raise _Starved() from None
+        log.warning("the %s worker got no CPU under the idle policy (the CPUs are busy); moved it to niceness 10", op)
+        self.priority = "nice 10 (idle until the CPUs got busy)"
+        return cpu
 
     def _readline(self, deadline: float) -> str | None:
         """The next line of the worker's stdout; "" at its end; None at ``deadline``. Unbuffered, so that select
@@ -273,6 +326,10 @@ def run(
     error it reported."""
     worker = worker or POOL.take(role, framework, python)
     try:
+        answer = worker.call(request, timeout)
+    except _Starved:
+        worker.discard()
+        worker = _Worker(framework, python, priority="10")
         answer = worker.call(request, timeout)
     finally:
         worker.discard()
