@@ -158,13 +158,16 @@ def test_the_tightest_cgroup_v2_quota_on_the_way_up_is_found(tmp_path: Path) -> 
     own = tmp_path / "self-cgroup"
     own.write_text("0::/kubepods/pod1/ctr\n")
     root = tmp_path / "fs"
-    _tree(root, {
-        "kubepods/cpu.max": "max 100000\n",
-        "kubepods/pod1/cpu.max": "50000 100000\n",  # the pod's limits.cpu: 500m
-        "kubepods/pod1/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n",
-        "kubepods/pod1/ctr/cpu.max": "max 100000\n",
-        "kubepods/pod1/ctr/cpu.stat": "usage_usec 1000\n",
-    })
+    _tree(
+        root,
+        {
+            "kubepods/cpu.max": "max 100000\n",
+            "kubepods/pod1/cpu.max": "50000 100000\n",  # the pod's limits.cpu: 500m
+            "kubepods/pod1/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n",
+            "kubepods/pod1/ctr/cpu.max": "max 100000\n",
+            "kubepods/pod1/ctr/cpu.stat": "usage_usec 1000\n",
+        },
+    )
     quota = background.cpu_quota(root, own)
     assert quota is not None and quota.cpus == 0.5 and quota.usage == root / "kubepods/pod1/cpu.stat"
     assert quota.used() == 2.5
@@ -179,11 +182,14 @@ def test_a_container_sees_its_own_cgroup_as_the_mount_and_v1_quotas_count_too(tm
     assert background.cpu_quota(tmp_path / "v2", own).cpus == 1.5  # type: ignore[union-attr]
 
     own.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
-    _tree(tmp_path / "v1", {
-        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "25000\n",
-        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
-        "cpu,cpuacct/docker/abc/cpuacct.usage": "123000000000\n",
-    })
+    _tree(
+        tmp_path / "v1",
+        {
+            "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "25000\n",
+            "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            "cpu,cpuacct/docker/abc/cpuacct.usage": "123000000000\n",
+        },
+    )
     quota = background.cpu_quota(tmp_path / "v1", own)
     assert quota is not None and quota.cpus == 0.25 and quota.used() == 123.0
 
@@ -243,7 +249,9 @@ def test_an_idle_worker_that_the_busy_cpus_starve_is_moved_to_niceness_or_run_ag
     w = worker._Worker("tensorflow", None)
     assert w.wait_ready(180) and background.runs_idle(w.proc.pid)
     spin = "print('spinning', flush=True)\nwhile True: pass"
-    busy = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range((os.cpu_count() or 1) + 1)]
+    busy = [
+        subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range((os.cpu_count() or 1) + 1)
+    ]
     for p in busy:
         assert p.stdout is not None and p.stdout.readline() == b"spinning\n"  # every CPU is busy from here on
 
@@ -255,6 +263,7 @@ def test_an_idle_worker_that_the_busy_cpus_starve_is_moved_to_niceness_or_run_ag
                 p.stdout.close()
 
     if not may_leave_idle:  # like an unprivileged user: the worker is run again, here once the load has gone
+
         def refused(*args: object) -> None:
             stop_busy()
             raise PermissionError(1, "Operation not permitted")

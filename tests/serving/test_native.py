@@ -196,7 +196,9 @@ def v2_body(**extra) -> dict:
     }
 
 
-@pytest.mark.parametrize("body", [v2_body(), v2_body(id="req-7"), json.dumps(v2_body(id="ü"), indent=1, ensure_ascii=False).encode()])
+@pytest.mark.parametrize(
+    "body", [v2_body(), v2_body(id="req-7"), json.dumps(v2_body(id="ü"), indent=1, ensure_ascii=False).encode()]
+)
 def test_v2_bodies_of_float_tensors_take_the_native_path_and_agree(body):
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     fast = fastjson.v2(raw, V2_SIG)
