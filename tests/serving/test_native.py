@@ -25,7 +25,7 @@ def decode(body: bytes, itemsize: int = 4):
     got = _native.decode(body, itemsize)
     if got is None:
         return None
-    key, data, shape = got
+    key, data, shape, _ = got
     return key, np.frombuffer(data, dtype=DTYPES[itemsize]).reshape(shape)
 
 
@@ -92,6 +92,18 @@ def test_whitespace_anywhere_json_allows_it(text):
     assert key == "inputs" and arr.tolist() == [[1, 2], [3, 4]]
 
 
+def test_a_signature_name_is_read_and_checked_by_the_server_decoder():
+    got = _native.decode(b'{"signature_name": "serving_default", "inputs": [[1, 2]]}', 4)
+    assert got is not None and got[0] == "inputs" and got[2] == (1, 2) and got[3] == "serving_default"
+    assert _native.decode(b'{"inputs": [[1, 2]]}', 4)[3] is None
+    sig = Signature((TensorSpec("x", "float32", (None, 2)),), (TensorSpec("y", "float32", (None,)),))
+    for name in ("serving_default", ""):
+        inputs, fmt = fastjson.tfserving(orjson.dumps({"instances": [[1, 2]], "signature_name": name}), sig)
+        assert fmt == "row" and inputs["x"].tolist() == [[1, 2]]
+    # another signature: the general path answers that this model has none of that name
+    assert fastjson.tfserving(b'{"instances": [[1, 2]], "signature_name": "classify"}', sig) is None
+
+
 def test_signs_of_zero_follow_the_general_path():
     _, arr = decode(b'{"instances": [-0, -0.0, 0e5, -0E-3]}', 8)
     want = np.asarray(orjson.loads(b"[-0, -0.0, 0e5, -0E-3]"), dtype=np.float64)
@@ -122,7 +134,10 @@ def test_signs_of_zero_follow_the_general_path():
         b'{"instances": [1,]}',
         b'{"instances": 1}',
         b'{"instances": [1]} x',  # trailing bytes
-        b'{"instances": [1], "signature_name": "serving_default"}',  # other keys: the Python paths
+        b'{"instances": [1], "signature_nam": "serving_default"}',  # other keys: the Python paths
+        b'{"instances": [1], "signature_name": "\\u0073erving_default"}',
+        b'{"instances": [1], "signature_name": 7}',
+        b'{"signature_name": "", "signature_name": "a", "instances": [1]}',
         b'{"instances": [1], "instances": [2]}',
         b'{"instance": [1]}',
         b'{"inst\\u0061nces": [1]}',

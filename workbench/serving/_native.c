@@ -1,12 +1,14 @@
 /* The model server's native predict-body decoder (workbench.serving._native).
  *
  * decode(body, itemsize) reads the TF Serving body clients send most,
- * {"instances": <nested numbers>} or {"inputs": <nested numbers>}, straight
- * into packed float32 (itemsize 4) or float64 (8) values, and returns
- * (key, bytearray, shape); or None for anything else: other keys, strings,
- * a ragged or empty array, a number it cannot convert exactly as below. The
- * caller then takes its general path, which also words the error, so this
- * decoder never rejects a request and never changes what is accepted.
+ * {"instances": <nested numbers>} or {"inputs": <nested numbers>} (with or
+ * without "signature_name"), straight into packed float32 (itemsize 4) or
+ * float64 (8) values, and returns (key, bytearray, shape, signature_name);
+ * or None for anything else: other keys, strings, a ragged or empty array, a
+ * number it cannot convert exactly as below. The caller then takes its
+ * general path, which also words the error, so this decoder never rejects a
+ * request and never changes what is accepted. decode_v2(body) does the same
+ * for KServe V2 infer bodies.
  *
  * Numbers: each is converted to the double nearest its decimal value (as
  * orjson, simdjson and strtod do), then to float32 when asked, the same two
@@ -351,33 +353,52 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         return NULL;
     }
     Reader r = reader(&body);
-    const char *key = NULL;
-    PyObject *tensor = NULL;
+    const char *tensor_key = NULL, *key, *signature = NULL;
+    Py_ssize_t key_len, signature_len = 0;
+    PyObject *tensor = NULL, *result = NULL;
     int got = 0;
     skip_ws(&r);
-    if (expect(&r, "{", 1)) {
+    if (!expect(&r, "{", 1))
+        goto done;
+    skip_ws(&r);
+    for (;;) {
+        if (!read_plain_string(&r, &key, &key_len))
+            goto done;
         skip_ws(&r);
-        key = expect(&r, "\"instances\"", 11) ? "instances" : expect(&r, "\"inputs\"", 8) ? "inputs" : NULL;
+        if (!expect(&r, ":", 1))
+            goto done;
         skip_ws(&r);
-        if (key != NULL && expect(&r, ":", 1)) {
-            skip_ws(&r);
-            got = read_tensor(&r, itemsize, &tensor);
+        if ((is_key(key, key_len, "instances") || is_key(key, key_len, "inputs")) && tensor == NULL) {
+            tensor_key = is_key(key, key_len, "instances") ? "instances" : "inputs";
+            if ((got = read_tensor(&r, itemsize, &tensor)) <= 0)
+                goto done;
+        } else if (is_key(key, key_len, "signature_name") && signature == NULL) {
+            if (!read_plain_string(&r, &signature, &signature_len))
+                goto done;
+        } else {
+            goto done; /* another key, or one given twice: the Python paths */
         }
+        int more = next_member(&r);
+        if (more < 0)
+            goto done;
+        if (!more)
+            break;
     }
     skip_ws(&r);
-    int ended = got > 0 && expect(&r, "}", 1);
-    skip_ws(&r);
-    ended = ended && r.p == r.end;
+    if (r.p == r.end && tensor != NULL) {
+        result = Py_BuildValue("(sOOs#)", tensor_key, PyTuple_GET_ITEM(tensor, 0), PyTuple_GET_ITEM(tensor, 1),
+                               signature, signature_len);
+        if (result == NULL && got > 0 && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear(); /* a signature name that is not UTF-8: the general path words it */
+        else if (result == NULL)
+            got = -1;
+    }
+done:
     PyBuffer_Release(&body);
+    Py_XDECREF(tensor);
     if (got < 0)
         return NULL;
-    if (!ended) {
-        Py_XDECREF(tensor);
-        Py_RETURN_NONE;
-    }
-    PyObject *result = Py_BuildValue("(sOO)", key, PyTuple_GET_ITEM(tensor, 0), PyTuple_GET_ITEM(tensor, 1));
-    Py_DECREF(tensor);
-    return result;
+    return result != NULL ? result : Py_NewRef(Py_None);
 }
 
 /* The list of dimensions at r->p ("[1, 28, 28]") in *out. 1: done; 0: not one; -1: a Python error. */
@@ -551,8 +572,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
-     "decode(body, itemsize) -> (key, bytearray, shape) | None: a {\"instances\"|\"inputs\": numbers} body "
-     "as packed float32 (itemsize 4) or float64 (8); None for any other body."},
+     "decode(body, itemsize) -> (key, bytearray, shape, signature_name) | None: a {\"instances\"|\"inputs\": "
+     "numbers} body (and an optional plain-string \"signature_name\", else None) as packed float32 (itemsize 4) "
+     "or float64 (8); None for any other body."},
     {"decode_v2", decode_v2, METH_VARARGS,
      "decode_v2(body) -> (id, [(name, datatype, shape, bytearray, data_shape), ...]) | None: a KServe V2 infer "
      "body of \"inputs\" (numeric \"data\" as packed float64) and an optional string \"id\"; None for any other."},
