@@ -13,20 +13,20 @@ import pytest
 from workbench.registry.signature import InputError, Signature, TensorSpec
 from workbench.serving import _native, fastjson, v2
 
-DTYPES = {4: np.float32, 8: np.float64}
+DTYPES = {"f": np.float32, "d": np.float64, "q": np.int64}
 
 
-def general(token: str, itemsize: int) -> np.ndarray:
+def general(token: str, kind: str) -> np.ndarray:
     """What the general path makes of one number: orjson's value, through numpy, cast to the input's dtype."""
-    return np.asarray([orjson.loads(token)]).astype(DTYPES[itemsize])
+    return np.asarray([orjson.loads(token)]).astype(DTYPES[kind])
 
 
-def decode(body: bytes, itemsize: int = 4):
-    got = _native.decode(body, itemsize)
+def decode(body: bytes, kind: str = "f"):
+    got = _native.decode(body, kind)
     if got is None:
         return None
     key, data, shape, _ = got
-    return key, np.frombuffer(data, dtype=DTYPES[itemsize]).reshape(shape)
+    return key, np.frombuffer(data, dtype=DTYPES[kind]).reshape(shape)
 
 
 def tokens(n: int, seed: int) -> list[tuple[int, str]]:
@@ -37,14 +37,14 @@ def tokens(n: int, seed: int) -> list[tuple[int, str]]:
     for i in range(n):
         kind = i % 6
         if kind == 0:  # a float64, shortest repr, over many magnitudes
-            out.append((kind, repr(rng.uniform(-1, 1) * 10 ** rng.randint(-8, 12))))
+            out.append((kind, repr(rng.choice([-1, 1]) * rng.uniform(0.1, 1) * 10 ** rng.randint(-8, 12))))
         elif kind == 1:  # a float32 written as its double (numpy's tolist, then orjson)
             out.append((kind, repr(float(np.float32(rng.random())))))
         elif kind == 2:  # 1 to 19 significant digits, any exponent it takes
             digits = str(rng.randint(1, 9)) + "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 18)))
             out.append((kind, f"{rng.choice(['', '-'])}{digits[0]}.{digits[1:] or '0'}e{rng.randint(-26, 20)}"))
         elif kind == 3:  # next to the midpoint of two doubles
-            d = rng.uniform(0, 1) * 10 ** rng.randint(-7, 8)
+            d = rng.uniform(0.1, 1) * 10 ** rng.randint(-7, 8)
             mid = (Decimal(d) + Decimal(float(np.nextafter(d, np.inf)))) / 2
             out.append((kind, format(mid, f".{rng.randint(14, 18)}e")))
         elif kind == 4:  # next to the midpoint of two float32s
@@ -56,16 +56,16 @@ def tokens(n: int, seed: int) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("itemsize", [4, 8])
-def test_every_number_it_takes_has_the_general_paths_bits(itemsize):
+@pytest.mark.parametrize("kind", ["f", "d"])
+def test_every_number_it_takes_has_the_general_paths_bits(kind):
     taken = 0
-    for kind, token in tokens(6000, seed=itemsize):
-        got = decode(b'{"instances": [' + token.encode() + b"]}", itemsize)
+    for sort, token in tokens(6000, seed=ord(kind)):
+        got = decode(b'{"instances": [' + token.encode() + b"]}", kind)
         if got is None:
-            assert kind == 2, token  # only numbers past its limits go back (19 digits below 1e-8, say)
+            assert sort == 2, token  # only numbers past its limits go back (19 digits below 1e-8, say)
             continue
         taken += 1
-        want = general(token, itemsize)
+        want = general(token, kind)
         assert got[1].tobytes() == want.tobytes(), (token, got[1][0], want[0])
     assert taken > 5500
 
@@ -88,14 +88,14 @@ def test_a_float32_image_as_clients_send_it_decodes_whole():
     ],
 )
 def test_whitespace_anywhere_json_allows_it(text):
-    key, arr = decode(text.encode(), 8)
+    key, arr = decode(text.encode(), "d")
     assert key == "inputs" and arr.tolist() == [[1, 2], [3, 4]]
 
 
 def test_a_signature_name_is_read_and_checked_by_the_server_decoder():
-    got = _native.decode(b'{"signature_name": "serving_default", "inputs": [[1, 2]]}', 4)
+    got = _native.decode(b'{"signature_name": "serving_default", "inputs": [[1, 2]]}', "f")
     assert got is not None and got[0] == "inputs" and got[2] == (1, 2) and got[3] == "serving_default"
-    assert _native.decode(b'{"inputs": [[1, 2]]}', 4)[3] is None
+    assert _native.decode(b'{"inputs": [[1, 2]]}', "f")[3] is None
     sig = Signature((TensorSpec("x", "float32", (None, 2)),), (TensorSpec("y", "float32", (None,)),))
     for name in ("serving_default", ""):
         inputs, fmt = fastjson.tfserving(orjson.dumps({"instances": [[1, 2]], "signature_name": name}), sig)
@@ -105,7 +105,7 @@ def test_a_signature_name_is_read_and_checked_by_the_server_decoder():
 
 
 def test_signs_of_zero_follow_the_general_path():
-    _, arr = decode(b'{"instances": [-0, -0.0, 0e5, -0E-3]}', 8)
+    _, arr = decode(b'{"instances": [-0, -0.0, 0e5, -0E-3]}', "d")
     want = np.asarray(orjson.loads(b"[-0, -0.0, 0e5, -0E-3]"), dtype=np.float64)
     assert arr.tobytes() == want.tobytes()
     assert not np.signbit(arr[0]) and np.signbit(arr[1])
@@ -151,19 +151,38 @@ def test_signs_of_zero_follow_the_general_path():
     ],
 )
 def test_anything_else_goes_back_to_the_python_paths(body):
-    assert _native.decode(body, 4) is None
+    assert _native.decode(body, "f") is None
 
 
 def test_no_prefix_of_a_body_decodes():
     body = orjson.dumps({"instances": [[0.5, -1.25e-3], [7, 1e2]]})
     assert decode(body) is not None
     for end in range(len(body)):
-        assert _native.decode(body[:end], 4) is None, body[:end]
+        assert _native.decode(body[:end], "f") is None, body[:end]
 
 
-def test_a_bad_itemsize_is_a_caller_error():
-    with pytest.raises(ValueError, match="itemsize"):
-        _native.decode(b'{"instances": [1]}', 2)
+def test_a_bad_kind_is_a_caller_error():
+    with pytest.raises(ValueError, match="kind must be"):
+        _native.decode(b'{"instances": [1]}', "i")
+
+
+def test_integers_for_int_inputs_are_read_exactly_and_anything_else_goes_back():
+    big = [2**63 - 1, -(2**63), 0, -0, 255, -7]
+    _, arr = decode(orjson.dumps({"instances": [big, big[::-1]]}), "q")
+    assert arr.dtype == np.int64 and arr.tolist() == [big, big[::-1]]
+    for body in (
+        b'{"instances": [1.0]}',
+        b'{"instances": [1e3]}',
+        b'{"instances": [9223372036854775808]}',
+        b'{"instances": [-9223372036854775809]}',
+        b'{"instances": [1, 2.5]}',
+    ):
+        assert _native.decode(body, "q") is None, body  # a float or out of int64: the general path
+    sig = Signature((TensorSpec("ids", "int32", (None, 3)),), (TensorSpec("y", "float32", (None,)),))
+    inputs, _ = fastjson.tfserving(b'{"instances": [[1, 2, 3], [4, 5, -6]]}', sig)
+    assert inputs["ids"].dtype == np.int32 and inputs["ids"].tolist() == [[1, 2, 3], [4, 5, -6]]
+    # out of int32's range: the general path says so
+    assert fastjson.tfserving(b'{"instances": [[1, 2, 3000000000]]}', sig) is None
 
 
 def test_the_server_decoder_takes_the_native_path_for_float_inputs(monkeypatch):
@@ -171,13 +190,13 @@ def test_the_server_decoder_takes_the_native_path_for_float_inputs(monkeypatch):
     calls = []
     real = _native.decode
 
-    def counting(body, itemsize):
-        calls.append(itemsize)
-        return real(body, itemsize)
+    def counting(body, kind):
+        calls.append(kind)
+        return real(body, kind)
 
     monkeypatch.setattr(fastjson, "_native", type("Native", (), {"decode": staticmethod(counting)}))
     inputs, fmt = fastjson.tfserving(b'{"instances": [[[1, 2], [3, 4]]]}', sig)
-    assert calls == [4] and fmt == "row"
+    assert calls == ["f"] and fmt == "row"
     assert inputs["image"].dtype == np.float32 and inputs["image"].shape == (1, 2, 2)
     # a wrong instance shape is not its business: the general path words the error
     assert fastjson.tfserving(b'{"instances": [[1, 2, 3]]}', sig) is None

@@ -1,9 +1,10 @@
 /* The model server's native predict-body decoder (workbench.serving._native).
  *
- * decode(body, itemsize) reads the TF Serving body clients send most,
+ * decode(body, kind) reads the TF Serving body clients send most,
  * {"instances": <nested numbers>} or {"inputs": <nested numbers>} (with or
- * without "signature_name"), straight into packed float32 (itemsize 4) or
- * float64 (8) values, and returns (key, bytearray, shape, signature_name);
+ * without "signature_name"), straight into packed float32 (kind 'f'),
+ * float64 ('d') or int64 ('q': integers only, for int inputs) values, and
+ * returns (key, bytearray, shape, signature_name);
  * or None for anything else: other keys, strings, a ragged or empty array, a
  * number it cannot convert exactly as below. The caller then takes its
  * general path, which also words the error, so this decoder never rejects a
@@ -32,7 +33,7 @@
 typedef struct {
     const char *p;
     const char *end;
-    int itemsize;
+    char kind; /* what to write: 'f' float32, 'd' float64, 'q' int64 (integers only) */
     char *out;
     Py_ssize_t n;   /* values written */
     Py_ssize_t cap; /* values that fit in out */
@@ -196,6 +197,15 @@ static int read_number(Reader *r) {
         }
         e10 += eneg ? -e : e;
     }
+    if (r->n >= r->cap)
+        return 0;
+    if (r->kind == 'q') { /* a fraction or an exponent makes a float: the general path rejects it for an int input */
+        if (fractional || w > (uint64_t)INT64_MAX + (uint64_t)neg)
+            return 0;
+        ((int64_t *)r->out)[r->n++] = neg ? (int64_t)(0 - w) : (int64_t)w;
+        r->p = p;
+        return 1;
+    }
     double value = 0.0;
     if (w != 0) {
         if (!fractional && w > (UINT64_C(1) << 53))
@@ -207,9 +217,7 @@ static int read_number(Reader *r) {
     }
     if (neg)
         value = -value;
-    if (r->n >= r->cap)
-        return 0;
-    if (r->itemsize == 4) {
+    if (r->kind == 'f') {
         if (fabs(value) > FLT_MAX)
             return 0; /* an overflow: the general path reports it */
         ((float *)r->out)[r->n++] = (float)value;
@@ -274,8 +282,9 @@ static int expect(Reader *r, const char *text, Py_ssize_t len) {
 
 /* The numeric array at r->p as (bytearray, shape) in *out, r->p moved past it. 1: done; 0: not such an array
    (nothing set); -1: a Python error. */
-static int read_tensor(Reader *r, int itemsize, PyObject **out) {
-    Reader t = {.p = r->p, .end = r->end, .itemsize = itemsize, .leaf = -1, .x87 = r->x87};
+static int read_tensor(Reader *r, char kind, PyObject **out) {
+    Reader t = {.p = r->p, .end = r->end, .kind = kind, .leaf = -1, .x87 = r->x87};
+    Py_ssize_t itemsize = kind == 'f' ? 4 : 8;
     if (!expect(&t, "[", 1))
         return 0;
     t.cap = (t.end - t.p) / 2 + 1; /* a number takes a character, and a separator follows all but the last */
@@ -344,12 +353,12 @@ static Reader reader(Py_buffer *body) {
 
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer body;
-    int itemsize;
-    if (!PyArg_ParseTuple(args, "y*i:decode", &body, &itemsize))
+    char kind;
+    if (!PyArg_ParseTuple(args, "y*C:decode", &body, &kind))
         return NULL;
-    if (itemsize != 4 && itemsize != 8) {
+    if (kind != 'f' && kind != 'd' && kind != 'q') {
         PyBuffer_Release(&body);
-        PyErr_SetString(PyExc_ValueError, "itemsize must be 4 (float32) or 8 (float64)");
+        PyErr_SetString(PyExc_ValueError, "kind must be 'f' (float32), 'd' (float64) or 'q' (int64)");
         return NULL;
     }
     Reader r = reader(&body);
@@ -370,7 +379,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         skip_ws(&r);
         if ((is_key(key, key_len, "instances") || is_key(key, key_len, "inputs")) && tensor == NULL) {
             tensor_key = is_key(key, key_len, "instances") ? "instances" : "inputs";
-            if ((got = read_tensor(&r, itemsize, &tensor)) <= 0)
+            if ((got = read_tensor(&r, kind, &tensor)) <= 0)
                 goto done;
         } else if (is_key(key, key_len, "signature_name") && signature == NULL) {
             if (!read_plain_string(&r, &signature, &signature_len))
@@ -468,7 +477,7 @@ static int read_v2_tensor(Reader *r, PyObject **out) {
         else if (is_key(key, key_len, "shape") && shape == NULL)
             got = read_dims(r, &shape);
         else if (is_key(key, key_len, "data") && data == NULL)
-            got = read_tensor(r, 8, &data);
+            got = read_tensor(r, 'd', &data);
         else
             got = 0; /* another key ("parameters"...), or one given twice: the general path */
         if (got <= 0) {
@@ -572,9 +581,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
-     "decode(body, itemsize) -> (key, bytearray, shape, signature_name) | None: a {\"instances\"|\"inputs\": "
-     "numbers} body (and an optional plain-string \"signature_name\", else None) as packed float32 (itemsize 4) "
-     "or float64 (8); None for any other body."},
+     "decode(body, kind) -> (key, bytearray, shape, signature_name) | None: a {\"instances\"|\"inputs\": "
+     "numbers} body (and an optional plain-string \"signature_name\", else None) as packed float32 (kind 'f'), "
+     "float64 ('d') or int64 ('q', integers only); None for any other body."},
     {"decode_v2", decode_v2, METH_VARARGS,
      "decode_v2(body) -> (id, [(name, datatype, shape, bytearray, data_shape), ...]) | None: a KServe V2 infer "
      "body of \"inputs\" (numeric \"data\" as packed float64) and an optional string \"id\"; None for any other."},
