@@ -333,6 +333,26 @@ static int is_key(const char *s, Py_ssize_t len, const char *key) {
     return (size_t)len == strlen(key) && memcmp(s, key, (size_t)len) == 0;
 }
 
+/* The '{' that opens an object, and the whitespace around it; 0: not one. */
+static int open_object(Reader *r) {
+    skip_ws(r);
+    if (!expect(r, "{", 1))
+        return 0;
+    skip_ws(r);
+    return 1;
+}
+
+/* An object member's key and the ':' after it; 0: not one. */
+static int read_key(Reader *r, const char **key, Py_ssize_t *len) {
+    if (!read_plain_string(r, key, len))
+        return 0;
+    skip_ws(r);
+    if (!expect(r, ":", 1))
+        return 0;
+    skip_ws(r);
+    return 1;
+}
+
 /* After one member of an object: 1 and the next member follows, 0 and the object ended, -1: neither. */
 static int next_member(Reader *r) {
     skip_ws(r);
@@ -366,17 +386,11 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     Py_ssize_t key_len, signature_len = 0;
     PyObject *tensor = NULL, *result = NULL;
     int got = 0;
-    skip_ws(&r);
-    if (!expect(&r, "{", 1))
+    if (!open_object(&r))
         goto done;
-    skip_ws(&r);
     for (;;) {
-        if (!read_plain_string(&r, &key, &key_len))
+        if (!read_key(&r, &key, &key_len))
             goto done;
-        skip_ws(&r);
-        if (!expect(&r, ":", 1))
-            goto done;
-        skip_ws(&r);
         if ((is_key(key, key_len, "instances") || is_key(key, key_len, "inputs")) && tensor == NULL) {
             tensor_key = is_key(key, key_len, "instances") ? "instances" : "inputs";
             if ((got = read_tensor(&r, kind, &tensor)) <= 0)
@@ -458,17 +472,11 @@ static int read_v2_tensor(Reader *r, PyObject **out) {
     Py_ssize_t name_len = 0, datatype_len = 0, key_len;
     PyObject *shape = NULL, *data = NULL;
     int ok = 0;
-    skip_ws(r);
-    if (!expect(r, "{", 1))
+    if (!open_object(r))
         return 0;
-    skip_ws(r);
     for (;;) {
-        if (!read_plain_string(r, &key, &key_len))
+        if (!read_key(r, &key, &key_len))
             goto done;
-        skip_ws(r);
-        if (!expect(r, ":", 1))
-            goto done;
-        skip_ws(r);
         int got = 1;
         if (is_key(key, key_len, "name") && name == NULL)
             got = read_plain_string(r, &name, &name_len);
@@ -512,17 +520,11 @@ static PyObject *decode_v2(PyObject *self, PyObject *args) {
     const char *key;
     Py_ssize_t key_len;
     int failed = 0; /* a Python error, not just a body for the general path */
-    skip_ws(&r);
-    if (!expect(&r, "{", 1))
+    if (!open_object(&r))
         goto done;
-    skip_ws(&r);
     for (;;) {
-        if (!read_plain_string(&r, &key, &key_len))
+        if (!read_key(&r, &key, &key_len))
             goto done;
-        skip_ws(&r);
-        if (!expect(&r, ":", 1))
-            goto done;
-        skip_ws(&r);
         if (is_key(key, key_len, "inputs") && inputs == NULL) {
             if (!expect(&r, "[", 1) || (inputs = PyList_New(0)) == NULL)
                 goto done;
