@@ -466,7 +466,7 @@ static int read_dims(Reader *r, PyObject **out) {
 }
 
 /* One V2 input tensor object, {"name", "shape", "datatype", "data"} in any order, as
-   (name, datatype, shape, bytearray of float64, data's own shape). 1: done; 0: anything else; -1: a Python error. */
+   (name, datatype, shape, bytearray of float64). 1: done; 0: anything else; -1: a Python error. */
 static int read_v2_tensor(Reader *r, PyObject **out) {
     const char *name = NULL, *datatype = NULL, *key;
     Py_ssize_t name_len = 0, datatype_len = 0, key_len;
@@ -500,8 +500,7 @@ static int read_v2_tensor(Reader *r, PyObject **out) {
     }
     if (name == NULL || datatype == NULL || shape == NULL || data == NULL)
         goto done;
-    *out = Py_BuildValue("(s#s#OOO)", name, name_len, datatype, datatype_len, shape, PyTuple_GET_ITEM(data, 0),
-                         PyTuple_GET_ITEM(data, 1));
+    *out = Py_BuildValue("(s#s#OO)", name, name_len, datatype, datatype_len, shape, PyTuple_GET_ITEM(data, 0));
     if (*out == NULL)
         PyErr_Clear(); /* a name that is not UTF-8: the general path words it */
     ok = *out != NULL;
@@ -587,7 +586,7 @@ static PyMethodDef methods[] = {
      "numbers} body (and an optional plain-string \"signature_name\", else None) as packed float32 (kind 'f'), "
      "float64 ('d') or int64 ('q', integers only); None for any other body."},
     {"decode_v2", decode_v2, METH_VARARGS,
-     "decode_v2(body) -> (id, [(name, datatype, shape, bytearray, data_shape), ...]) | None: a KServe V2 infer "
+     "decode_v2(body) -> (id, [(name, datatype, shape, bytearray), ...]) | None: a KServe V2 infer "
      "body of \"inputs\" (numeric \"data\" as packed float64) and an optional string \"id\"; None for any other."},
     {NULL, NULL, 0, NULL},
 };

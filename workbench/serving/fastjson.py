@@ -133,7 +133,7 @@ def v2(raw: bytes, signature: Signature) -> tuple[dict[str, np.ndarray], Any] | 
             return None
         request_id, tensors = got
         out: dict[str, np.ndarray] = {}
-        for name, datatype, shape, data, _ in tensors:
+        for name, datatype, shape, data in tensors:
             spec = _input(signature, name)
             dtype = _V2_DATATYPES.get(datatype.upper())
             if spec is None or spec.name in out or dtype is None or spec.dtype != dtype:
