@@ -195,8 +195,8 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from workbench.serving.server import serve
 
-    serve(a.host, a.port, poll=a.poll, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, log_sample=a.log_sample)
-    return 0
+    return serve(a.host, a.port, poll=a.poll, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, log_sample=a.log_sample,
+                 workers=a.workers)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -279,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, help="rows per batched model call (WORKBENCH_SERVE_MAX_BATCH)")
     s.add_argument("--max-wait-ms", type=float, help="ms a batch waits for more requests (WORKBENCH_SERVE_MAX_WAIT_MS)")
     s.add_argument("--log-sample", type=float, help="fraction of predictions logged (WORKBENCH_SERVE_LOG_SAMPLE)")
+    s.add_argument("--workers", help="server processes on the port: a number or auto (WORKBENCH_SERVE_WORKERS)")
     s.set_defaults(fn=cmd_serve)
     return p
 

@@ -50,6 +50,9 @@ PROMOTE_PRIORITY = Setting(
     "auto",
     "export/validation workers: 'idle' (run only on free CPUs), a niceness to add, or 'auto' (idle while >= half a CPU is free, within the cgroup's CPU limit if any, else nice 10)",
 )
+SERVE_WORKERS = Setting(
+    "WORKBENCH_SERVE_WORKERS", "auto", "model server processes on the port (auto: 2 with 2+ CPUs, else 1)"
+)
 SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",

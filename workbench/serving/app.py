@@ -17,11 +17,12 @@ that fails at run time); a bad request never takes the server down.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,9 +33,14 @@ from workbench.serving.metrics import ServerMetrics, labels
 from workbench.serving.predlog import PredictionLog
 from workbench.serving.repository import ModelRepository, NotFound, Unavailable
 
+if TYPE_CHECKING:
+    from workbench.serving.workers import Peers
+
 log = logging.getLogger("workbench.serving")
 
-_V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?(?P<rest>/metadata|:[A-Za-z]+)?$")
+_V1 = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?(?P<rest>/metadata|:[A-Za-z]+)?$"
+)
 _V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 _JSON = [(b"content-type", b"application/json")]
 _DUMP = orjson.OPT_SERIALIZE_NUMPY
@@ -55,11 +61,19 @@ def reply(body: Any, status: int = 200, headers: list[tuple[bytes, bytes]] | Non
 class ServerApp:
     """The request handler (:class:`workbench.serving.http.HTTPServer` calls it) over a :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, prediction_log: PredictionLog | None = None, log_sample: float = 0.0):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: ServerMetrics,
+        prediction_log: PredictionLog | None = None,
+        log_sample: float = 0.0,
+        peers: Peers | None = None,
+    ):
         self.repo = repository
         self.metrics = metrics
         self.predlog = prediction_log
         self.log_sample = log_sample
+        self.peers = peers  # the server's other worker processes, if any
 
     async def __call__(self, request: http.Request) -> http.Response:
         try:
@@ -88,10 +102,13 @@ class ServerApp:
         }
         handler = simple.get((method, path))
         if handler is not None:
-            return handler()  # type: ignore[no-any-return]
+            response = handler()
+            return await response if inspect.isawaitable(response) else response  # type: ignore[no-any-return]
         if any(p == path for _, p in simple):
             raise HTTPError(405, f"{method} is not allowed on {path}")
-        raise HTTPError(404, f"no endpoint {method} {path}; see /v1/models/<model>[:predict] or /v2/models/<model>/infer")
+        raise HTTPError(
+            404, f"no endpoint {method} {path}; see /v1/models/<model>[:predict] or /v2/models/<model>/infer"
+        )
 
     # ------------------------------------------------------------------ TF Serving
 
@@ -104,15 +121,17 @@ class ServerApp:
             if rest == "/metadata":
                 s = self._pick(name, version, label)
                 return reply(tfserving.metadata_body(name, s.version, s.signature))
-            rows = [(v, "AVAILABLE", "") for v in state.servables]
-            rows += [(v, "LOADING", "") for v in state.loading]
+            rows = [(v, "AVAILABLE", "") for v in state.available()]
+            rows += [(v, "LOADING", "") for v in state.loading | state.unconfirmed]
             rows += [(v, "END", e) for v, e in state.failed.items()]
             if label is not None:
                 version = self._pick(name, None, label).version
             if version is not None:
                 rows = [r for r in rows if r[0] == version]
                 if not rows:
-                    raise HTTPError(404, f"model {name!r} has no version {version}; versions: {sorted(state.servables)}")
+                    raise HTTPError(
+                        404, f"model {name!r} has no version {version}; versions: {sorted(state.servables)}"
+                    )
             return reply(tfserving.status_body(rows))
         if rest != ":predict":
             raise HTTPError(400, f"{rest[1:]!r} is not supported; this server answers :predict")
@@ -130,7 +149,9 @@ class ServerApp:
                 self._count(name, servable.version, "rest", 400)
                 raise HTTPError(400, str(e)) from None
         servable, outputs = await self._run(servable, inputs, version, label, request.connections <= 1)
-        response = reply(tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version))
+        response = reply(
+            tfserving.predict_body(outputs, servable.signature, fmt), headers=self._headers(servable.version)
+        )
         self._observe(name, servable.version, "rest", t0, inputs, outputs)
         return response
 
@@ -143,7 +164,7 @@ class ServerApp:
             _allow(method, "GET", request.path)
             state = self._state(name)
             if rest == "/ready":
-                ready = version in state.servables if version is not None else state.live() is not None
+                ready = (version if version is not None else state.live()) in state.available()
                 return reply({"name": name, "ready": ready}, 200 if ready else 503)
             s = self._pick(name, version, None)
             return reply(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
@@ -163,8 +184,10 @@ class ServerApp:
                 raise HTTPError(400, str(e)) from None
             request_id = body.get("id") if isinstance(body, dict) else None
         servable, outputs = await self._run(servable, inputs, version, None, request.connections <= 1)
-        response = reply(v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
-                            headers=self._headers(servable.version))
+        response = reply(
+            v2.infer_body(name, servable.version, outputs, servable.signature, wanted, request_id),
+            headers=self._headers(servable.version),
+        )
         self._observe(name, servable.version, "v2", t0, inputs, outputs)
         return response
 
@@ -208,15 +231,21 @@ class ServerApp:
         if self.predlog is not None and random.random() < self.log_sample:
             self.predlog.record(model, version, protocol, elapsed, inputs, outputs)
 
-    def _metrics(self) -> http.Response:
-        return http.Response(200, self.metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")])
+    async def _metrics(self) -> http.Response:
+        others = []
+        if self.peers is not None:  # every worker process's values, added up
+            others = [orjson.loads(body) for body in await self.peers.ask_others("GET", "/metrics-snapshot") if body]
+        text = self.metrics.render(others)
+        return http.Response(200, text.encode(), [(b"content-type", b"text/plain; version=0.0.4")])
 
     def _ready(self) -> http.Response:
         ready = self.repo.ready.is_set()
         return reply({"ready": ready}, 200 if ready else 503)
 
-    def _reload(self) -> http.Response:
+    async def _reload(self) -> http.Response:
         self.repo.wake()
+        if self.peers is not None:
+            await self.peers.ask_others("POST", "/reload")
         return reply({"reloading": True})
 
 

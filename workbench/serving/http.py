@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -174,7 +175,9 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        request = Request(self.parser.get_method().decode("latin-1"), path, self.headers, body, len(self.server.connections))
+        request = Request(
+            self.parser.get_method().decode("latin-1"), path, self.headers, body, len(self.server.connections)
+        )
         self.waiting.append((request, self.parser.should_keep_alive()))
         if len(self.waiting) > MAX_PIPELINED and not self.paused and self.transport is not None:
             self.paused = True
@@ -266,11 +269,21 @@ class HTTPServer:
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop start() runs on
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the port (useful with ``port=0``)."""
+    async def start(
+        self, host: str | None = None, port: int | None = None, *, sock: socket.socket | None = None
+    ) -> int:
+        """Listen on ``host:port``, or accept on ``sock`` (a listening socket shared by worker processes); returns
+        the port (useful with ``port=0``)."""
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=self.backlog)
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, sock=sock, backlog=self.backlog
+        )
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket (the channel between worker processes)."""
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_unix_server(lambda: _Connection(self), path, backlog=self.backlog)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop accepting; wait up to ``grace`` s for the requests in hand; close every connection."""

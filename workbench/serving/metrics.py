@@ -6,6 +6,7 @@ import bisect
 import threading
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -43,9 +44,16 @@ class Counter:
         with self._lock:
             self._values.pop(labels, None)
 
-    def render(self) -> list[str]:
+    def snapshot(self) -> dict[Labels, float]:
         with self._lock:
-            values = dict(self._values)
+            return dict(self._values)
+
+    def render(self, others: Iterable[dict[Labels, float]] = ()) -> list[str]:
+        """The exposition lines, the values of other worker processes (``others``) added in."""
+        values = self.snapshot()
+        for other in others:
+            for k, v in other.items():
+                values[k] = values.get(k, 0.0) + v
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         lines += [f"{self.name}{_fmt_labels(k)} {_num(v)}" for k, v in sorted(values.items())]
         return lines
@@ -66,9 +74,15 @@ class Histogram:
             d[i] += 1
             d[-1] += value
 
-    def render(self) -> list[str]:
+    def snapshot(self) -> dict[Labels, list[float]]:
         with self._lock:
-            data = {k: list(v) for k, v in self._data.items()}
+            return {k: list(v) for k, v in self._data.items()}
+
+    def render(self, others: Iterable[dict[Labels, list[float]]] = ()) -> list[str]:
+        data = self.snapshot()
+        for other in others:
+            for k, v in other.items():
+                data[k] = [a + b for a, b in zip(data[k], v, strict=True)] if k in data else list(v)
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for labels, d in sorted(data.items()):
             total = 0.0
@@ -87,21 +101,51 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.requests = Counter("workbench_requests_total", "Requests by model, version, protocol and HTTP status.")
         self.latency = Histogram(
-            "workbench_request_latency_seconds", "Predict latency (body read to answer) by model and version.", LATENCY_BUCKETS
+            "workbench_request_latency_seconds",
+            "Predict latency (body read to answer) by model and version.",
+            LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram("workbench_batch_size", "Rows per batched model call by model and version.", BATCH_BUCKETS)
+        self.batch_size = Histogram(
+            "workbench_batch_size", "Rows per batched model call by model and version.", BATCH_BUCKETS
+        )
         self.loaded = Counter("workbench_model_version_loaded", "1 for each model version loaded and serving.", "gauge")
         self.live = Counter("workbench_model_live_version", "Version unversioned requests get, by model.", "gauge")
         self.load_failures = Counter("workbench_model_load_failures_total", "Versions that failed to load or warm up.")
         self.load_seconds = Histogram(
             "workbench_model_load_seconds", "Time to load and warm up a version.", (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
         )
-        self.log_dropped = Counter("workbench_prediction_log_dropped_total", "Sampled predictions not logged (queue full).")
+        self.log_dropped = Counter(
+            "workbench_prediction_log_dropped_total", "Sampled predictions not logged (queue full)."
+        )
 
-    def render(self) -> str:
-        parts = (self.requests, self.latency, self.batch_size, self.loaded, self.live, self.load_failures,
-                 self.load_seconds, self.log_dropped)
-        return "\n".join(line for p in parts for line in p.render()) + "\n"
+    def _parts(self) -> tuple[Counter | Histogram, ...]:
+        return (
+            self.requests,
+            self.latency,
+            self.batch_size,
+            self.loaded,
+            self.live,
+            self.load_failures,
+            self.load_seconds,
+            self.log_dropped,
+        )
+
+    def _per_request(self) -> tuple[Counter | Histogram, ...]:
+        """What each worker process counts of its own requests; the rest (loads, versions) every worker sees alike."""
+        return (self.requests, self.latency, self.batch_size, self.log_dropped)
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        """The per-request values, as JSON (label sets as lists of pairs), for another worker process to add in."""
+        return {p.name: [[list(map(list, k)), v] for k, v in p.snapshot().items()] for p in self._per_request()}
+
+    def render(self, others: Iterable[dict[str, list[Any]]] = ()) -> str:
+        """The exposition text, the per-request values of ``others`` (snapshots of sibling workers) added in."""
+        others = list(others)
+        lines = []
+        for p in self._parts():
+            merged = [{tuple(map(tuple, k)): v for k, v in o.get(p.name, ())} for o in others]
+            lines += p.render(merged)  # type: ignore[arg-type]
+        return "\n".join(lines) + "\n"
 
 
 @lru_cache(maxsize=4096)  # built on every request, for a handful of distinct label sets

@@ -11,6 +11,9 @@ logged, counted and skipped until its folder changes; the others keep serving.
 
 Which versions are loaded: the live one, every labeled one, those in the
 traffic split, and the newest ``keep`` that load.
+
+With several worker processes (:mod:`workbench.serving.workers`) each loads
+every version itself; it swaps a new one in only once all have loaded it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench import settings
 from workbench.background import stepping_aside
@@ -39,6 +42,9 @@ from workbench.registry.validation import check_outputs
 from workbench.serving.batching import Batcher, Closed, Inputs, Outputs
 from workbench.serving.metrics import ServerMetrics, labels
 from workbench.workspace import Workspace, read_json
+
+if TYPE_CHECKING:
+    from workbench.serving.workers import Peers
 
 log = logging.getLogger("workbench.serving")
 
@@ -86,6 +92,11 @@ class ModelState:
     servables: dict[int, Servable]
     failed: dict[int, str]
     loading: frozenset[int] = frozenset()
+    unconfirmed: frozenset[int] = frozenset()  # swapped in here, not yet known to be in every worker process
+
+    def available(self) -> list[int]:
+        """The versions to report as available: served here and, with several worker processes, by all of them."""
+        return [v for v in self.servables if v not in self.unconfirmed]
 
     def live(self) -> int | None:
         return self._live
@@ -145,11 +156,13 @@ class ModelRepository:
         keep: int = 2,
         poll: float = 0.5,
         warmup_batches: tuple[int, ...] = (1, 8),
+        peers: Peers | None = None,
     ):
         self.workspace = workspace
         self.metrics = metrics
         self.max_batch, self.max_wait, self.keep, self.poll = max_batch, max_wait, max(1, keep), poll
         self.warmup_batches = warmup_batches
+        self.peers = peers  # the other worker processes of this server, if any
         self.ready = threading.Event()  # set after the first scan
         self.last_request = float("-inf")  # time.monotonic() of the latest predict (see _yielding)
         self._models: dict[str, ModelState] = {}
@@ -175,7 +188,12 @@ class ModelRepository:
         return self.state(name).pick(version, label)
 
     async def run(
-        self, servable: Servable, inputs: Inputs, version: int | None = None, label: str | None = None, alone: bool = False
+        self,
+        servable: Servable,
+        inputs: Inputs,
+        version: int | None = None,
+        label: str | None = None,
+        alone: bool = False,
     ) -> tuple[Servable, Outputs]:
         """Run ``inputs`` on ``servable`` through its batcher; if it was just swapped out, on what replaced it.
         ``alone``: no other client is connected, so nothing could join a batch; run at once if the model is idle."""
@@ -230,7 +248,9 @@ class ModelRepository:
     def scan(self) -> None:
         """Bring every model in line with disk (only models whose files changed are looked at)."""
         root = self.workspace.models
-        present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        present = (
+            sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        )
         for name in present:
             fingerprint = _fingerprint(root / name)
             if fingerprint == (None, ()):
@@ -255,19 +275,46 @@ class ModelRepository:
             if v in failed and self._failed_at.get((name, v)) != _mtime(on_disk[v]):
                 del failed[v]  # the folder changed: try again
         wanted = self._wanted(data, on_disk, failed)
-        for v in sorted(wanted - set(servables) - set(failed), reverse=True):
-            self._set(name, ModelState(name, data, dict(servables), dict(failed), frozenset({v})))
+        serving = dict(servables)  # what requests see until the swap below
+        new = sorted(wanted - set(servables) - set(failed), reverse=True)
+        for v in new:
+            self._set(name, ModelState(name, data, serving, dict(failed), frozenset(new)))
             try:
                 servables[v] = self._load(name, v, on_disk[v], data)
             except Exception as e:
                 failed[v] = f"{type(e).__name__}: {e}" if not isinstance(e, WorkbenchError) else str(e)
                 self._failed_at[(name, v)] = _mtime(on_disk[v])
                 self.metrics.load_failures.inc(labels(name, v))
-                log.error("model %s version %s could not be loaded, skipped (%s); still serving %s",
-                          name, v, failed[v], sorted(servables) or "nothing")
+                log.error(
+                    "model %s version %s could not be loaded, skipped (%s); still serving %s",
+                    name,
+                    v,
+                    failed[v],
+                    sorted(serving) or "nothing",
+                )
+            if self.peers is not None:
+                self.peers.announce(name, v, _mtime(on_disk[v]), failed.get(v))
+        if self.peers is not None and new:
+            # Every worker process swaps at once, and serves a version only if every one of them loaded it.
+            for v, problem in self.peers.wait(name, {v: _mtime(on_disk[v]) for v in new}, self._stop).items():
+                if v in servables:
+                    self._retire(name, servables.pop(v))
+                    failed[v] = problem
+                    self._failed_at[(name, v)] = _mtime(on_disk[v])
+                    log.error("model %s version %s is not served: %s", name, v, problem)
         keep = {v: s for v, s in servables.items() if v in wanted}
-        state = ModelState(name, data, keep, failed)
+        unconfirmed = frozenset(v for v in new if v in keep) if self.peers is not None else frozenset()
+        state = ModelState(name, data, keep, failed, unconfirmed=unconfirmed)
         self._set(name, state)  # the swap: requests from now on resolve against the new state
+        if unconfirmed and self.peers is not None:
+            # Report the new versions available only once every worker has swapped them in (a few ms later), so
+            # that a client that saw one available (promote waits for that) gets it from whichever worker it asks.
+            stamps = {v: _mtime(on_disk[v]) for v in unconfirmed}
+            for v, stamp in stamps.items():
+                self.peers.announce(name, v, stamp, None, phase="swapped")
+            self.peers.wait(name, stamps, self._stop, phase="swapped", timeout=10)
+            state = ModelState(name, data, keep, failed)
+            self._set(name, state)
         for v, s in servables.items():
             if v not in keep:
                 self._retire(name, s)
@@ -307,7 +354,10 @@ class ModelRepository:
                 raise
         lab = labels(name, version)
         batcher = Batcher(
-            runtime.predict, self.max_batch, self.max_wait, name=f"batch-{name}-{version}",
+            runtime.predict,
+            self.max_batch,
+            self.max_wait,
+            name=f"batch-{name}-{version}",
             on_batch=lambda n: self.metrics.batch_size.observe(lab, n),
         )
         seconds = time.perf_counter() - t0
@@ -377,7 +427,9 @@ def _framework_of(path: Path, entry: dict[str, Any]) -> str:
         return str(entry["framework"])
     detected = frameworks.detect_export(path)
     if detected is None:
-        raise WorkbenchError(f"{path} holds no serving format a framework plugin knows ({', '.join(frameworks.known())})")
+        raise WorkbenchError(
+            f"{path} holds no serving format a framework plugin knows ({', '.join(frameworks.known())})"
+        )
     return detected
 
 

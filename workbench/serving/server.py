@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -16,6 +18,7 @@ from workbench.serving.http import HTTPServer
 from workbench.serving.metrics import ServerMetrics
 from workbench.serving.predlog import PredictionLog, db_path
 from workbench.serving.repository import ModelRepository
+from workbench.serving.workers import PeerApp, Peers, parse_workers, supervise
 from workbench.workspace import Workspace
 
 
@@ -30,10 +33,35 @@ def serve(
     keep: int | None = None,
     log_sample: float | None = None,
     max_body_mb: float | None = None,
-) -> None:
-    """Serve every model in ``workspace/models`` on ``host:port``; blocks. Unset options come from settings."""
+    workers: int | str | None = None,
+) -> int:
+    """Serve every model in ``workspace/models`` on ``host:port``; blocks; returns an exit code. Unset options come
+    from settings. ``workers`` > 1 (or "auto", the default: see :func:`workbench.serving.workers.auto_workers`):
+    that many server processes on the port (:mod:`workbench.serving.workers`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ws = (workspace or Workspace.current()).ensure()
+    options = {
+        "host": host,
+        "port": port,
+        "poll": poll or float(settings.SERVE_POLL_S.get()),
+        "max_batch": max_batch or int(settings.SERVE_MAX_BATCH.get()),
+        "max_wait_ms": max_wait_ms if max_wait_ms is not None else float(settings.SERVE_MAX_WAIT_MS.get()),
+        "keep": keep or int(settings.SERVE_KEEP_VERSIONS.get()),
+        "log_sample": log_sample if log_sample is not None else float(settings.SERVE_LOG_SAMPLE.get()),
+        "max_body_mb": max_body_mb or float(settings.SERVE_MAX_BODY_MB.get()),
+    }
+    count = parse_workers(workers if workers is not None else settings.SERVE_WORKERS.get())
+    if count > 1:
+        return supervise(count, host, port, ws.root, options)
+    run_worker(ws, options)
+    return 0
+
+
+def run_worker(
+    ws: Workspace, options: dict[str, Any], *, sock: socket.socket | None = None, peers: Peers | None = None
+) -> None:
+    """One server process: the whole server, or (``sock``, ``peers``) one of several accepting on ``sock``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Loading a version (Python-heavy in TensorFlow) runs on the watcher thread; a shorter GIL switch interval
     # keeps it from holding up request handling for the default 5 ms at a time (measured: bench/serve_hotswap).
     sys.setswitchinterval(0.0005)
@@ -42,20 +70,33 @@ def serve(
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     metrics = ServerMetrics()
     repo = ModelRepository(
-        ws, metrics,
-        max_batch=max_batch or int(settings.SERVE_MAX_BATCH.get()),
-        max_wait=(max_wait_ms if max_wait_ms is not None else float(settings.SERVE_MAX_WAIT_MS.get())) / 1000.0,
-        keep=keep or int(settings.SERVE_KEEP_VERSIONS.get()),
-        poll=poll or float(settings.SERVE_POLL_S.get()),
+        ws,
+        metrics,
+        max_batch=int(options["max_batch"]),
+        max_wait=float(options["max_wait_ms"]) / 1000.0,
+        keep=int(options["keep"]),
+        poll=float(options["poll"]),
+        peers=peers,
     )
-    sample = log_sample if log_sample is not None else float(settings.SERVE_LOG_SAMPLE.get())
+    sample = float(options["log_sample"])
     predlog = PredictionLog(db_path(ws), on_drop=lambda: metrics.log_dropped.inc()) if sample > 0 else None
-    max_body = int((max_body_mb or float(settings.SERVE_MAX_BODY_MB.get())) * 1024 * 1024)
-    app = ServerApp(repo, metrics, predlog, sample)
+    max_body = int(float(options["max_body_mb"]) * 1024 * 1024)
+    app = ServerApp(repo, metrics, predlog, sample, peers=peers)
     preload = settings.SERVE_PRELOAD.get()
     repo.start(prepare=lambda: _preload(repo, preload))
+    server = HTTPServer(app, max_body=max_body, keep_alive=60)
     try:
-        _run(_serve_until_signal(HTTPServer(app, max_body=max_body, keep_alive=60), host, port, str(ws.models)))
+        if peers is None:
+            _run(_serve_until_signal(server, str(ws.models), options["host"], int(options["port"])))
+        else:
+            private = HTTPServer(PeerApp(repo, metrics))
+            # A worker started in place of one that died takes connections only once it serves what the others do.
+            ready = repo.ready if options.get("restart") else None
+            _run(
+                _serve_until_signal(
+                    server, str(ws.models), sock=sock, private=(private, peers.socket_path(peers.index)), ready=ready
+                )
+            )
     finally:
         repo.stop()
         if predlog is not None:
@@ -77,15 +118,42 @@ def _preload(repo: ModelRepository, names: str) -> None:
             logging.getLogger("workbench.serving").warning("cannot preload %s: %s", name, e)
 
 
-async def _serve_until_signal(server: HTTPServer, host: str, port: int, models: str) -> None:
-    await server.start(host, port)
-    print(f"serving models from {models} on http://{host}:{port}", flush=True)
+async def _serve_until_signal(
+    server: HTTPServer,
+    models: str,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+    private: tuple[HTTPServer, str] | None = None,
+    ready: threading.Event | None = None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if private is not None:
+        await private[0].start_unix(private[1])
+        loop.create_task(_stop_when_orphaned(stop))
+    if ready is not None:
+        await loop.run_in_executor(None, ready.wait)
+    port = await server.start(host, port, sock=sock)
+    if sock is None:
+        print(f"serving models from {models} on http://{host}:{port}", flush=True)
     await stop.wait()
     await server.shutdown(grace=10)
+    if private is not None:
+        await private[0].shutdown(grace=1)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker process stops when its supervisor is gone (killed without a chance to stop it)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            logging.getLogger("workbench.serving").error("the server's supervisor exited; stopping this worker")
+            stop.set()
+        await asyncio.sleep(1.0)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

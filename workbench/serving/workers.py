@@ -1,0 +1,278 @@
+"""Several model server processes on one port (``workbench serve --workers N``).
+
+One Python process runs Python on one CPU at a time, and a model server's
+per-request work (HTTP, JSON, batching, the framework's own Python) is mostly
+Python: with one process, LeNet kept ~1.5 of this machine's 2 CPUs busy at
+most. N worker processes accept connections from one listening socket, each a
+whole server (its own copy of every loaded version, its own batches).
+
+:func:`supervise` binds the port, starts the workers, starts another when one
+dies, and stops them all on SIGINT/SIGTERM. The workers share a run directory:
+
+- ``loaded/<model>/<version>-<stamp>/<index>``: worker ``index`` loaded and
+  warmed up that version folder (empty file), or why it could not (the
+  error). A worker swaps new versions in only once every worker has reported
+  (:meth:`Peers.wait`), so they switch within a few ms of each other and agree
+  on what each model serves: a version one of them cannot load is served by
+  none.
+- ``w<index>.sock``: each worker's private HTTP endpoint. ``/metrics`` adds
+  up every worker's values; ``POST /workbench/reload`` wakes every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from workbench.errors import WorkbenchError
+from workbench.serving import http
+
+log = logging.getLogger("workbench.serving")
+
+SWAP_TIMEOUT_S = 120.0  # a worker waits this long for the others to load a version, then serves it anyway
+ASK_TIMEOUT_S = 5.0
+RESTARTS_PER_MINUTE = 3  # per worker; more and the supervisor gives up
+
+
+def auto_workers() -> int:
+    """``--workers auto``: 2 where this process may use 2 CPUs or more (affinity and cgroup quota), else 1."""
+    from workbench.background import cpu_quota
+
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    quota = cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, quota.cpus)
+    return 2 if cpus >= 2 else 1
+
+
+def parse_workers(text: str | int) -> int:
+    if str(text).strip().lower() == "auto":
+        return auto_workers()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise WorkbenchError(f"workers must be a positive integer or 'auto', got {text!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class Peers:
+    """What one worker process knows of the others: the shared run directory, its index, how many there are."""
+
+    run_dir: Path
+    index: int
+    count: int
+
+    def socket_path(self, index: int) -> str:
+        return str(self.run_dir / f"w{index}.sock")
+
+    def _folder(self, phase: str, model: str, version: int, stamp: int) -> Path:
+        return self.run_dir / phase / model / f"{version}-{stamp}"
+
+    def announce(self, model: str, version: int, stamp: int, error: str | None, phase: str = "loaded") -> None:
+        """Report that this worker loaded ``version`` (``error`` None) or could not, or (``phase="swapped"``) that
+        it serves it now. ``stamp``: the version folder's mtime (a folder written again is another version)."""
+        folder = self._folder(phase, model, version, stamp)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{self.index}.tmp"
+        tmp.write_text(error or "")
+        os.replace(tmp, folder / str(self.index))
+
+    def wait(
+        self,
+        model: str,
+        versions: dict[int, int],
+        stop: threading.Event,
+        timeout: float = SWAP_TIMEOUT_S,
+        phase: str = "loaded",
+    ) -> dict[int, str]:
+        """Wait until every worker reported ``phase`` on each of ``versions`` (version -> stamp); return, for the
+        versions some worker could not load, why. After ``timeout`` s (a worker stuck or restarting) go on without
+        it."""
+        deadline = time.monotonic() + timeout
+        pending, problems = dict(versions), {}
+        while pending:
+            for v, stamp in list(pending.items()):
+                reports = self._reports(self._folder(phase, model, v, stamp))
+                if reports is not None:
+                    del pending[v]
+                    bad = [(i, text) for i, text in enumerate(reports) if text]
+                    if bad:
+                        problems[v] = f"worker process {bad[0][0]} could not load it: {bad[0][1]}"
+            if not pending or stop.wait(0.005):
+                break
+            if time.monotonic() > deadline:
+                log.warning(
+                    "model %s: worker processes did not all report %s on versions %s within %.0f s; going on",
+                    model,
+                    phase,
+                    sorted(pending),
+                    timeout,
+                )
+                break
+        return problems
+
+    def _reports(self, folder: Path) -> list[str] | None:
+        reports = []
+        for i in range(self.count):
+            try:
+                reports.append((folder / str(i)).read_text())
+            except FileNotFoundError:
+                return None
+        return reports
+
+    async def ask_others(self, method: str, path: str) -> list[bytes | None]:
+        """``method path`` on every other worker's private endpoint; each answer's body, None where none came."""
+        others = [self.socket_path(i) for i in range(self.count) if i != self.index]
+        return list(await asyncio.gather(*(_ask(p, method, path) for p in others)))
+
+
+async def _ask(sock_path: str, method: str, path: str) -> bytes | None:
+    try:
+        async with asyncio.timeout(ASK_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(sock_path)
+            try:
+                writer.write(
+                    f"{method} {path} HTTP/1.1\r\nHost: worker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                )
+                raw = await reader.read()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as e:
+        log.warning("worker at %s did not answer %s %s: %s", sock_path, method, path, e)
+        return None
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        log.warning("worker at %s answered %s %s with %r", sock_path, method, path, head[:60])
+        return None
+    return body
+
+
+class PeerApp:
+    """A worker's private endpoint: ``GET /metrics-snapshot`` (its metric values as JSON), ``POST /reload``."""
+
+    def __init__(self, repository: Any, metrics: Any):
+        self.repo, self.metrics = repository, metrics
+
+    async def __call__(self, request: http.Request) -> http.Response:
+        if (request.method, request.path) == ("GET", "/metrics-snapshot"):
+            return http.Response(200, orjson.dumps(self.metrics.snapshot()), [(b"content-type", b"application/json")])
+        if (request.method, request.path) == ("POST", "/reload"):
+            self.repo.wake()
+            return http.Response(200, b"{}", [(b"content-type", b"application/json")])
+        return http.error(404, f"no endpoint {request.method} {request.path}")
+
+
+# ------------------------------------------------------------------ the supervisor
+
+
+def _listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise WorkbenchError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def supervise(count: int, host: str, port: int, workspace: Path, options: dict[str, Any]) -> int:
+    """Run ``count`` worker processes serving ``workspace`` on ``host:port`` until SIGINT/SIGTERM; returns an exit
+    code (1 when workers kept dying)."""
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
+    run_dir = Path(tempfile.mkdtemp(prefix="workbench-serve-"))
+    env = dict(os.environ, WORKBENCH_WORKSPACE=str(workspace))
+    # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight).
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        env.setdefault(var, threads)
+
+    def start(index: int, restart: bool = False) -> subprocess.Popen[bytes]:
+        config = {**options, "fd": sock.fileno(), "run_dir": str(run_dir), "index": index, "count": count}
+        config["restart"] = restart
+        return subprocess.Popen(
+            [sys.executable, "-m", "workbench.serving.workers", json.dumps(config)], pass_fds=(sock.fileno(),), env=env
+        )
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start(i) for i in range(count)]
+    print(f"serving models from {workspace / 'models'} on http://{host}:{port} ({count} worker processes)", flush=True)
+    exits: list[deque[float]] = [deque() for _ in range(count)]
+    code = 0
+    try:
+        while not stop.wait(0.2):
+            for i, p in enumerate(procs):
+                status = p.poll()
+                if status is None:
+                    continue
+                now = time.monotonic()
+                exits[i].append(now)
+                while exits[i][0] < now - 60:
+                    exits[i].popleft()
+                if len(exits[i]) > RESTARTS_PER_MINUTE:
+                    log.error(
+                        "worker process %d exited %d times within a minute (last status %s); stopping the server",
+                        i,
+                        len(exits[i]),
+                        status,
+                    )
+                    code = 1
+                    stop.set()
+                    break
+                log.error("worker process %d (pid %d) exited with status %s; starting another", i, p.pid, status)
+                procs[i] = start(i, restart=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        sock.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def main(argv: list[str]) -> None:
+    """A worker process: ``python -m workbench.serving.workers CONFIG_JSON`` (started by :func:`supervise`)."""
+    from workbench.serving.server import run_worker
+    from workbench.workspace import Workspace
+
+    config = json.loads(argv[0])
+    peers = Peers(Path(config.pop("run_dir")), config.pop("index"), config.pop("count"))
+    sock = socket.socket(fileno=config.pop("fd"))
+    run_worker(Workspace.current(), config, sock=sock, peers=peers)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
