@@ -102,11 +102,18 @@ def in_process_level(runtime: Any, c: int, duration: float) -> dict[str, float]:
 
 
 def _cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of this process (or ``pid``), all threads."""
+    """User + system CPU seconds of this process, or of ``pid`` and its children (a server's worker processes)."""
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *(proc.children(recursive=True) if pid is not None else ())]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -144,12 +151,21 @@ def load_level(url: str, body: bytes, c: int, duration: float, server_pid: int |
     return out
 
 
-def start_workbench(workspace: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_workbench(workspace: Path, log: Path, workers: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``workbench serve`` over ``workspace``, with its default number of worker processes or ``workers``."""
     port = free_ports(1)[0]
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "workbench",
+                "serve",
+                "--port",
+                str(port),
+                *(["--workers", workers] if workers else []),
+            ],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
@@ -237,30 +253,44 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def interleaved(
-    version_dir: Path, tmp: Path, levels: list[int], duration: float, rounds: int, rest_body: bytes, v2_body: bytes
+    version_dir: Path,
+    tmp: Path,
+    levels: list[int],
+    duration: float,
+    rounds: int,
+    rest_body: bytes,
+    v2_body: bytes,
+    single: bool = True,
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, list[float]]]]:
-    """In-process, workbench REST and V2 measured in alternating rounds at each level, so that drift in the shared
-    machine's load hits them alike; each target's round with the median throughput, and each round's ratio."""
+    """In-process, workbench REST and V2 (and REST on a server with one process, unless ``single`` is False)
+    measured in alternating rounds at each level, so that drift in the shared machine's load hits them alike; each
+    target's round with the median throughput, and each round's ratio."""
     from workbench.registry.frameworks import get_framework
 
     runtime = get_framework("tensorflow").load(version_dir)
     proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
+    servers = [proc]
     targets = {
-        "workbench REST": (f"{url}/v1/models/lenet:predict", rest_body),
-        "workbench V2": (f"{url}/v2/models/lenet/infer", v2_body),
+        "workbench REST": (f"{url}/v1/models/lenet:predict", rest_body, proc.pid),
+        "workbench V2": (f"{url}/v2/models/lenet/infer", v2_body, proc.pid),
     }
+    if single:
+        one, one_url = start_workbench(tmp / "workspace", tmp / "workbench-1.log", workers="1")
+        servers.append(one)
+        targets["workbench REST, 1 process"] = (f"{one_url}/v1/models/lenet:predict", rest_body, one.pid)
     samples: dict[str, dict[int, list[dict[str, float]]]] = {"in-process (batched)": {c: [] for c in levels}}
     samples.update({name: {c: [] for c in levels} for name in targets})
     try:
-        for url_, body in targets.values():
+        for url_, body, _ in targets.values():
             loadgen.run(url_, body, 4, 1.0)  # warm-up
         for c in levels:
             for _ in range(rounds):
                 samples["in-process (batched)"][c].append(in_process_level(runtime, c, duration))
-                for name, (url_, body) in targets.items():
-                    samples[name][c].append(load_level(url_, body, c, duration, proc.pid))
+                for name, (url_, body, pid) in targets.items():
+                    samples[name][c].append(load_level(url_, body, c, duration, pid))
     finally:
-        stop(proc)
+        for p in servers:
+            stop(p)
         runtime.close()
     results = {
         name: {c: sorted(s, key=lambda m: m["rps"])[len(s) // 2] for c, s in by_c.items()}
@@ -294,6 +324,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of in-process, REST and V2 per level")
     p.add_argument("--no-mlserver", action="store_true")
     p.add_argument("--frameworks", default="pytorch,mxnet", help="rows for these beside TensorFlow ('' for none)")
+    p.add_argument("--no-single", action="store_true", help="skip the REST row of a server with one process")
     a, _ = p.parse_known_args(argv)
     levels = [int(x) for x in a.levels.split(",")]
     os.environ.setdefault("WORKBENCH_PROMOTE_WARM", "0")  # no idle workers importing frameworks while we measure
@@ -305,7 +336,9 @@ def main(argv: list[str]) -> int:
         {"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
     ).encode()
 
-    results, ratios = interleaved(version_dir, tmp, levels, a.duration, a.rounds, rest_body, v2_body)
+    results, ratios = interleaved(
+        version_dir, tmp, levels, a.duration, a.rounds, rest_body, v2_body, single=not a.no_single
+    )
     from bench import _frameworks
 
     others = _frameworks.available([f for f in a.frameworks.split(",") if f])
