@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="connections per model")
     p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
     p.add_argument("--rate", type=float, default=0, help="open loop: requests/s to each model (0: closed loop)")
+    p.add_argument("--workers", help="the server's worker processes (default: its own default)")
     a, _ = p.parse_known_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="serve-hotswap-"))
     ws = tmp / "workspace"
@@ -83,7 +84,17 @@ def main(argv: list[str]) -> int:
     os.environ["WORKBENCH_SERVER_URL"] = url
     log = open(tmp / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "serve",
+            "--port",
+            str(port),
+            *(["--workers", a.workers] if a.workers else []),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
