@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
@@ -75,8 +76,9 @@ def error(status: int, message: str) -> Response:
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, hands them to the handler in order, writes the answers."""
 
-    def __init__(self, server: HTTPServer):
+    def __init__(self, server: HTTPServer, adopted: bool = False):
         self.server = server
+        self.adopted = adopted  # handed over by another worker process (see workbench.serving.workers.Balancer)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -100,11 +102,20 @@ class _Connection(asyncio.Protocol):
         if self.server.stopping:  # accepted just before the listening socket closed
             self._close()
             return
+        balancer = self.server.balancer
+        if balancer is not None and not self.adopted and balancer.hand_off(transport, len(self.server.connections) + 1):
+            self.closing = True
+            transport.abort()  # our copy of the socket; the other worker's stays open
+            return
         self.server.connections.add(self)
+        if balancer is not None:
+            balancer.count(len(self.server.connections))
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.server.balancer is not None:
+            self.server.balancer.count(len(self.server.connections))
         self.closing = True
         self.waiting.clear()
         if self.idle is not None:
@@ -268,6 +279,7 @@ class HTTPServer:
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop start() runs on
         self._server: asyncio.base_events.Server | None = None
+        self.balancer: Any = None  # evens out connections between worker processes (workers.Balancer), if any
 
     async def start(
         self, host: str | None = None, port: int | None = None, *, sock: socket.socket | None = None
@@ -279,6 +291,14 @@ class HTTPServer:
             lambda: _Connection(self), host, port, sock=sock, backlog=self.backlog
         )
         return int(self._server.sockets[0].getsockname()[1])
+
+    def adopt(self, fd: int) -> None:
+        """Serve a connection accepted by another worker process (its socket's file descriptor)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        assert self.loop is not None
+        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: _Connection(self, adopted=True), sock))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or sock.close())
 
     async def start_unix(self, path: str) -> None:
         """Listen on a Unix socket (the channel between worker processes)."""

@@ -18,7 +18,7 @@ from workbench.serving.http import HTTPServer
 from workbench.serving.metrics import ServerMetrics
 from workbench.serving.predlog import PredictionLog, db_path
 from workbench.serving.repository import ModelRepository
-from workbench.serving.workers import PeerApp, Peers, parse_workers, supervise
+from workbench.serving.workers import Balancer, PeerApp, Peers, parse_workers, supervise
 from workbench.workspace import Workspace
 
 
@@ -94,7 +94,12 @@ def run_worker(
             ready = repo.ready if options.get("restart") else None
             _run(
                 _serve_until_signal(
-                    server, str(ws.models), sock=sock, private=(private, peers.socket_path(peers.index)), ready=ready
+                    server,
+                    str(ws.models),
+                    sock=sock,
+                    private=(private, peers.socket_path(peers.index)),
+                    ready=ready,
+                    peers=peers,
                 )
             )
     finally:
@@ -127,6 +132,7 @@ async def _serve_until_signal(
     sock: socket.socket | None = None,
     private: tuple[HTTPServer, str] | None = None,
     ready: threading.Event | None = None,
+    peers: Peers | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,9 +143,15 @@ async def _serve_until_signal(
         loop.create_task(_stop_when_orphaned(stop))
     if ready is not None:
         await loop.run_in_executor(None, ready.wait)
+    if peers is not None:
+        Balancer(peers).start(server)
     port = await server.start(host, port, sock=sock)
     if sock is None:
         print(f"serving models from {models} on http://{host}:{port}", flush=True)
+    elif peers is not None:
+        logging.getLogger("workbench.serving").info(
+            "worker process %d (pid %d) takes connections", peers.index, os.getpid()
+        )
     await stop.wait()
     await server.shutdown(grace=10)
     if private is not None:
