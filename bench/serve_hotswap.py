@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench.backends.local.processes import free_ports  # noqa: E402
+from bench.serve_throughput import start_workbench, stop  # noqa: E402
 from workbench.serving import loadgen  # noqa: E402
 
 
@@ -79,23 +78,8 @@ def main(argv: list[str]) -> int:
     build_lenet().save(ckpt)
     for name in ("lenet", "steady"):
         wb.promote(None, model=name, checkpoint=ckpt, framework="tensorflow", wait=0)
-    port = free_ports(1)[0]
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers)
     os.environ["WORKBENCH_SERVER_URL"] = url
-    log = open(tmp / "server.log", "wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench",
-            "serve",
-            "--port",
-            str(port),
-            *(["--workers", a.workers] if a.workers else []),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
     targets = [(f"{url}/v1/models/{m}:predict", body, a.concurrency) for m in ("lenet", "steady")]
@@ -145,9 +129,7 @@ def main(argv: list[str]) -> int:
         loader.join(30)
         versions = len(store.read()["versions"])
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
+        stop(server)
 
     swapped, steady = results
     load = (
