@@ -55,15 +55,18 @@ ASK_TIMEOUT_S = 5.0
 RESTARTS_PER_MINUTE = 3  # per worker; more and the supervisor gives up
 
 
-def auto_workers() -> int:
-    """``--workers auto``: 2 where this process may use 2 CPUs or more (affinity and cgroup quota), else 1."""
+def usable_cpus() -> float:
+    """The CPUs this process may use: its affinity, capped by its cgroup's quota (a pod's CPU limit)."""
     from workbench.background import cpu_quota
 
     cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     quota = cpu_quota()
-    if quota is not None:
-        cpus = min(cpus, quota.cpus)
-    return 2 if cpus >= 2 else 1
+    return min(cpus, quota.cpus) if quota is not None else cpus
+
+
+def auto_workers() -> int:
+    """``--workers auto``: 2 where this process may use 2 CPUs or more, else 1."""
+    return 2 if usable_cpus() >= 2 else 1
 
 
 def parse_workers(text: str | int) -> int:
@@ -302,7 +305,7 @@ def supervise(count: int, host: str, port: int, workspace: Path, options: dict[s
     (run_dir / "connections").write_bytes(bytes(8 * count * (count + 2)))  # see Balancer
     env = dict(os.environ, WORKBENCH_WORKSPACE=str(workspace))
     # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight).
-    threads = str(max(1, (os.cpu_count() or 1) // count))
+    threads = str(max(1, int(usable_cpus()) // count))
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         env.setdefault(var, threads)
 
