@@ -162,7 +162,7 @@ def test_a_worker_process_that_dies_is_replaced(two, publish, digits) -> None:
     while two.log_text().count("takes connections") < 3:  # the new one, once it serves what the other does
         assert time.monotonic() < deadline, two.log_text()[-3000:]
         time.sleep(0.2)
-    assert two.log_text().count("model phoenix: serving versions [1]") == 3
+    assert two.log_text().count("model phoenix: serving versions [1]") >= 3  # (a publish can make two scans)
     assert set(_predict_on_new_connections(two.url, "phoenix", digits, 16)) == {1}
 
 
