@@ -97,7 +97,7 @@ def run_worker(
                     server,
                     str(ws.models),
                     sock=sock,
-                    private=(private, peers.socket_path(peers.index)),
+                    private=private,
                     ready=ready,
                     peers=peers,
                 )
@@ -130,7 +130,7 @@ async def _serve_until_signal(
     port: int | None = None,
     *,
     sock: socket.socket | None = None,
-    private: tuple[HTTPServer, str] | None = None,
+    private: HTTPServer | None = None,
     ready: threading.Event | None = None,
     peers: Peers | None = None,
 ) -> None:
@@ -138,8 +138,8 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if private is not None:
-        await private[0].start_unix(private[1])
+    if private is not None and peers is not None:  # the endpoint the other worker processes ask
+        await private.start_unix(peers.socket_path(peers.index))
         loop.create_task(_stop_when_orphaned(stop))
     if ready is not None:
         await loop.run_in_executor(None, ready.wait)
@@ -155,7 +155,7 @@ async def _serve_until_signal(
     await stop.wait()
     await server.shutdown(grace=10)
     if private is not None:
-        await private[0].shutdown(grace=1)
+        await private.shutdown(grace=1)
 
 
 async def _stop_when_orphaned(stop: asyncio.Event) -> None:
