@@ -90,7 +90,9 @@ def tensorboard(job: Job | str | None = None) -> Any:
 # ---------------------------------------------------------------- serving (workbench.registry, workbench.serving)
 
 
-def promote(job: Any = None, model: str | None = None, checkpoint: Any = "latest", *, wait: float = 60, **options: Any) -> Any:
+def promote(
+    job: Any = None, model: str | None = None, checkpoint: Any = "latest", *, wait: float = 60, **options: Any
+) -> Any:
     """Export a job's checkpoint, validate it in a fresh process, publish it as the next version of ``model``.
 
     ``checkpoint``: "latest", "best" (``metric="val_accuracy"``, ``mode="max"``), a step or a path; ``builder``,

@@ -195,8 +195,15 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from workbench.serving.server import serve
 
-    return serve(a.host, a.port, poll=a.poll, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, log_sample=a.log_sample,
-                 workers=a.workers)
+    return serve(
+        a.host,
+        a.port,
+        poll=a.poll,
+        max_batch=a.max_batch,
+        max_wait_ms=a.max_wait_ms,
+        log_sample=a.log_sample,
+        workers=a.workers,
+    )
 
 
 def parser() -> argparse.ArgumentParser:

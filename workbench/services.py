@@ -85,8 +85,11 @@ SERVICES: dict[str, ServiceDef] = {
     ),
     # The model server (workbench.serving): TF Serving's REST port; predict() finds it through services.json.
     "server": ServiceDef(
-        "server", 8501, lambda ws, o, port: [sys.executable, "-m", "workbench", "serve", "--host", o.host, "--port", str(port)],
-        lambda o: "/v2/health/live", lambda o, p: f"http://{o.host}:{p}",
+        "server",
+        8501,
+        lambda ws, o, port: [sys.executable, "-m", "workbench", "serve", "--host", o.host, "--port", str(port)],
+        lambda o: "/v2/health/live",
+        lambda o, p: f"http://{o.host}:{p}",
     ),
 }
 

@@ -36,14 +36,20 @@ KILL_GRACE_S = Setting("WORKBENCH_KILL_GRACE", "5", "seconds between SIGTERM and
 GPU_COUNT = Setting("WORKBENCH_GPUS", "", "GPUs on this machine; empty means ask nvidia-smi")
 SERVE_POLL_S = Setting("WORKBENCH_SERVE_POLL", "0.5", "seconds between the model server's scans of models/")
 SERVER_URL = Setting("WORKBENCH_SERVER_URL", "", "model server predict() talks to; empty: the one `workbench up` runs")
-SERVE_MAX_BATCH = Setting("WORKBENCH_SERVE_MAX_BATCH", "64", "most rows the model server runs in one batched model call")
-SERVE_MAX_WAIT_MS = Setting("WORKBENCH_SERVE_MAX_WAIT_MS", "0", "ms a batch waits for more requests (0: only those queued)")
+SERVE_MAX_BATCH = Setting(
+    "WORKBENCH_SERVE_MAX_BATCH", "64", "most rows the model server runs in one batched model call"
+)
+SERVE_MAX_WAIT_MS = Setting(
+    "WORKBENCH_SERVE_MAX_WAIT_MS", "0", "ms a batch waits for more requests (0: only those queued)"
+)
 SERVE_MAX_BODY_MB = Setting("WORKBENCH_SERVE_MAX_BODY_MB", "16", "largest request body the model server accepts, in MB")
 SERVE_KEEP_VERSIONS = Setting("WORKBENCH_SERVE_KEEP", "2", "newest versions per model kept loaded besides labeled ones")
 SERVE_LOAD_YIELD = Setting(
     "WORKBENCH_SERVE_LOAD_YIELD", "1,2", "while serving traffic, a version loads in slices: run ms, pause ms (0: off)"
 )
-SERVE_LOG_SAMPLE = Setting("WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite")
+SERVE_LOG_SAMPLE = Setting(
+    "WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite"
+)
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
 PROMOTE_PRIORITY = Setting(
     "WORKBENCH_PROMOTE_PRIORITY",
@@ -53,7 +59,9 @@ PROMOTE_PRIORITY = Setting(
 SERVE_WORKERS = Setting(
     "WORKBENCH_SERVE_WORKERS", "auto", "model server processes on the port (auto: 2 with 2+ CPUs, else 1)"
 )
-SERVE_PRELOAD = Setting("WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)")
+SERVE_PRELOAD = Setting(
+    "WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)"
+)
 ENVIRONMENTS = Setting(
     "WORKBENCH_ENVIRONMENTS",
     "",

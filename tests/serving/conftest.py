@@ -51,7 +51,8 @@ def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | N
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workbench", "serve", "--port", str(port), *args],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "WORKBENCH_WORKSPACE": str(workspace), **(env or {})},
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log, workspace)

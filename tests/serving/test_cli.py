@@ -40,8 +40,22 @@ def test_workbench_up_starts_the_server_and_predict_finds_it(publish, serving_ws
     monkeypatch.delenv("WORKBENCH_SERVER_URL")  # predict must find the server through state/services.json
     port = free_ports(1)[0]
     up = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "up", "--without", "jupyter", "--without", "tensorboard", "--server-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "up",
+            "--without",
+            "jupyter",
+            "--without",
+            "tensorboard",
+            "--server-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180

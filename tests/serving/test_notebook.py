@@ -30,13 +30,20 @@ def test_promote_and_serve_notebook(kernel, server, tmp_path):
 
     output = tmp_path / NOTEBOOK.name
     papermill.execute_notebook(
-        str(NOTEBOOK), str(output), kernel_name=kernel, cwd=str(NOTEBOOK.parent), progress_bar=False,
-        execution_timeout=300, parameters={"epochs": 2, "limit": 2000, "model_name": "nb-lenet", "server_url": server.url},
+        str(NOTEBOOK),
+        str(output),
+        kernel_name=kernel,
+        cwd=str(NOTEBOOK.parent),
+        progress_bar=False,
+        execution_timeout=300,
+        parameters={"epochs": 2, "limit": 2000, "model_name": "nb-lenet", "server_url": server.url},
     )
     cells = json.loads(output.read_text())["cells"]
     text = "\n".join(
         "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
-        for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+        for c in cells
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
     )
     assert "version 1: accuracy" in text
     accuracy = float(text.split("version 1: accuracy ")[1].split()[0])

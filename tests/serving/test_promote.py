@@ -135,7 +135,9 @@ def test_bad_checkpoint_or_failed_gate_publishes_nothing(publish, server, digits
     with pytest.raises(ValidationError, match="NaN"):
         wb.promote(None, model="guard", checkpoint=weights, builder=f"{builder}:build", framework="tensorflow")
     assert (server.workspace / "models" / "guard" / "model.json").read_text() == before
-    assert sorted(p.name for p in (server.workspace / "models" / "guard").iterdir() if not p.name.startswith(".lock")) == ["1", "model.json"]
+    assert sorted(
+        p.name for p in (server.workspace / "models" / "guard").iterdir() if not p.name.startswith(".lock")
+    ) == ["1", "model.json"]
     assert wb.predict("guard", digits[:1]).version == 1
 
 

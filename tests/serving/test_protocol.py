@@ -89,7 +89,9 @@ def test_kserve_v2(proto, server, digits):
     np.testing.assert_allclose(np.reshape(tensor["data"], (4, 10)), tf_serving["predictions"], rtol=1e-5)
     v1 = requests.post(f"{base}/models/proto/versions/1/infer", json=body, timeout=30).json()
     assert v1["model_version"] == "1"
-    bad = requests.post(f"{base}/models/proto/infer", json={**body, "inputs": [{**body["inputs"][0], "datatype": "INT64"}]}, timeout=10)
+    bad = requests.post(
+        f"{base}/models/proto/infer", json={**body, "inputs": [{**body["inputs"][0], "datatype": "INT64"}]}, timeout=10
+    )
     assert bad.status_code == 400 and "expects FP32" in bad.json()["error"]
 
 
@@ -144,7 +146,9 @@ def test_metrics_in_prometheus_format(proto, digits, server):
     assert samples['workbench_requests_total{model="proto",version="1",code="200",protocol="rest"}'] >= 3
     assert samples['workbench_requests_total{model="proto",version="1",code="400",protocol="rest"}'] >= 1
     count = samples['workbench_request_latency_seconds_count{model="proto",version="1"}']
-    assert count >= 3 and samples['workbench_request_latency_seconds_bucket{model="proto",version="1",le="+Inf"}'] == count
+    assert (
+        count >= 3 and samples['workbench_request_latency_seconds_bucket{model="proto",version="1",le="+Inf"}'] == count
+    )
     assert samples['workbench_batch_size_sum{model="proto",version="1"}'] >= 12  # 4 rows per request
     assert samples['workbench_model_version_loaded{model="proto",version="2"}'] == 1
     assert samples['workbench_model_live_version{model="proto"}'] == 2
@@ -156,7 +160,9 @@ def test_prediction_log_summary(proto, digits, server):
     for _ in range(5):
         requests.post(f"{proto}:predict", json={"instances": digits}, timeout=30)
     deadline = time.monotonic() + 10
-    while not (summary := wb.prediction_summary("proto", since=since)).get("proto", {}).get(2, {}).get("requests", 0) >= 5:
+    while (
+        not (summary := wb.prediction_summary("proto", since=since)).get("proto", {}).get(2, {}).get("requests", 0) >= 5
+    ):
         assert time.monotonic() < deadline, summary
         time.sleep(0.2)
     v2 = summary["proto"][2]

@@ -61,8 +61,10 @@ def test_dtype_and_shape_errors(body, message):
 
 
 def test_v2_infer_request_and_response():
-    body = {"inputs": [{"name": "image", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
-            "outputs": [{"name": "p"}]}
+    body = {
+        "inputs": [{"name": "image", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
+        "outputs": [{"name": "p"}],
+    }
     inputs, wanted = v2.parse_infer(body, ONE)
     assert inputs["image"].shape == (1, 2, 2) and wanted == ["p"]
     out = v2.infer_body("m", 3, {"p": np.array([[0.1, 0.2, 0.7]], "float32")}, ONE, wanted, "id-1")
@@ -102,4 +104,7 @@ def test_binary_strings_travel_as_b64_both_ways():
     assert body["predictions"][1]["label"] == {"b64": "//4="}  # not UTF-8
     import orjson
 
-    assert orjson.loads(orjson.dumps(tfserving.predict_body(out, sig, "columnar")))["outputs"]["label"] == ["cat", {"b64": "//4="}]
+    assert orjson.loads(orjson.dumps(tfserving.predict_body(out, sig, "columnar")))["outputs"]["label"] == [
+        "cat",
+        {"b64": "//4="},
+    ]

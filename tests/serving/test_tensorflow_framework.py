@@ -54,7 +54,9 @@ def test_tf_train_checkpoint_and_saved_model_dir(lenet, tmp_path):
     exported.mkdir()
     sig = tf_fw.export(Path(prefix), exported, builder="model:build_lenet", code_dir=LENET.parent)
     x = sig.sample(2)
-    np.testing.assert_allclose(tf_fw.load(exported).predict(x)["probabilities"], lenet(x["image"]).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        tf_fw.load(exported).predict(x)["probabilities"], lenet(x["image"]).numpy(), rtol=1e-4, atol=1e-6
+    )
 
     copied = tmp_path / "copied"
     copied.mkdir()
@@ -65,7 +67,9 @@ def test_tf_train_checkpoint_and_saved_model_dir(lenet, tmp_path):
     from workbench.errors import CheckpointError
 
     small = tmp_path / "small.py"
-    small.write_text("import keras\ndef build():\n    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(3)])\n")
+    small.write_text(
+        "import keras\ndef build():\n    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(3)])\n"
+    )
     with pytest.raises(CheckpointError, match="do not fit the model the builder returned"):
         tf_fw.export(Path(prefix), wrong, builder=f"{small}:build")
 
@@ -81,13 +85,19 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
             super().__init__()
             self.w = tf.Variable(tf.range(4, dtype=tf.float32))
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="zeta"),
-                                      tf.TensorSpec([None], tf.int64, name="alpha")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 4], tf.float32, name="zeta"),
+                tf.TensorSpec([None], tf.int64, name="alpha"),
+            ]
+        )
         def serve(self, zeta, alpha):
             return {"score": tf.reduce_sum(zeta * self.w, axis=1) + tf.cast(alpha, tf.float32), "twice": alpha * 2}
 
     module = TwoInputs()
-    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"serving_default": module.serve.get_concrete_function()})
+    tf.saved_model.save(
+        module, str(tmp_path / "m"), signatures={"serving_default": module.serve.get_concrete_function()}
+    )
     runtime = SavedModelRuntime(tmp_path / "m")
     assert runtime._flat is not None  # the fast path passed its check against the keyword call
     inputs = {"alpha": np.array([1, 2, 3]), "zeta": np.arange(12, dtype=np.float32).reshape(3, 4)}

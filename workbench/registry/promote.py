@@ -85,26 +85,46 @@ def promote(
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        exported = worker.run("export", fw.name, fw.python(), {
-            "op": "export", "checkpoint": str(chosen.path), "dest": str(staging), "builder": builder,
-            "code_dir": str(run["code_dir"]) if run.get("code_dir") else None,
-        })
+        exported = worker.run(
+            "export",
+            fw.name,
+            fw.python(),
+            {
+                "op": "export",
+                "checkpoint": str(chosen.path),
+                "dest": str(staging),
+                "builder": builder,
+                "code_dir": str(run["code_dir"]) if run.get("code_dir") else None,
+            },
+        )
         timings["export_s"] = round(time.perf_counter() - t0, 3)
         signature = Signature.from_dict(exported["signature"])
         t0 = time.perf_counter()
         validation = worker.run(
-            "validate", fw.name, fw.python(), {"op": "validate", "dir": str(staging), "sample": _jsonable(sample)},
+            "validate",
+            fw.name,
+            fw.python(),
+            {"op": "validate", "dir": str(staging), "sample": _jsonable(sample)},
             worker=validator,
         )
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
-        write_json_atomic(staging / VERSION_JSON, {"framework": fw.name, "format": fw.format, "signature": signature.to_dict()})
+        write_json_atomic(
+            staging / VERSION_JSON, {"framework": fw.name, "format": fw.format, "signature": signature.to_dict()}
+        )
         source = {
-            "run_id": run.get("id"), "checkpoint": str(chosen.path), "step": chosen.step, "metrics": chosen.metrics,
+            "run_id": run.get("id"),
+            "checkpoint": str(chosen.path),
+            "step": chosen.step,
+            "metrics": chosen.metrics,
             "selected_by": _selected_by(checkpoint, metric),
         }
         entry = {
-            "framework": fw.name, "format": fw.format, "source": source, "code": run.get("lineage") or {},
-            "signature": signature.to_dict(), "validation": {**validation, **timings},
+            "framework": fw.name,
+            "format": fw.format,
+            "source": source,
+            "code": run.get("lineage") or {},
+            "signature": signature.to_dict(),
+            "validation": {**validation, **timings},
         }
         entry["validation"].pop("signature", None)
         entry["validation"]["export_priority"] = exported["priority"]  # (its own "priority": the validation's)
@@ -138,9 +158,13 @@ def _run_info(ws: Workspace, job: Any) -> dict[str, Any]:
     paths = j.paths
     run = read_json(paths.run_json) if paths.run_json.exists() else {}
     return {
-        "id": j.id, "name": j.record.name, "framework": (run.get("spec") or j.record.spec).get("framework"),
-        "lineage": run.get("lineage"), "code_dir": paths.code if paths.code.is_dir() else None,
-        "checkpoints": lambda: list_checkpoints(paths.checkpoints, paths.tb), "checkpoint_dir": paths.checkpoints,
+        "id": j.id,
+        "name": j.record.name,
+        "framework": (run.get("spec") or j.record.spec).get("framework"),
+        "lineage": run.get("lineage"),
+        "code_dir": paths.code if paths.code.is_dir() else None,
+        "checkpoints": lambda: list_checkpoints(paths.checkpoints, paths.tb),
+        "checkpoint_dir": paths.checkpoints,
     }
 
 
@@ -154,7 +178,9 @@ def choose_checkpoint(run: dict[str, Any], which: str | int | Path, metric: str 
             raise CheckpointError(f"checkpoint {which} does not exist")
         return Checkpoint(-1, path.resolve(), {})
     if not run:
-        raise RegistryError("give a job (or run id) to pick a checkpoint by 'latest', 'best' or step; or a checkpoint path")
+        raise RegistryError(
+            "give a job (or run id) to pick a checkpoint by 'latest', 'best' or step; or a checkpoint path"
+        )
     found = run["checkpoints"]()
     if not found:
         raise CheckpointError(f"job {run['id']} has no checkpoints in {run['checkpoint_dir']} yet")
@@ -175,10 +201,14 @@ def _best(found: list[Checkpoint], metric: str | None, mode: str | None, run_id:
     if metric is None:
         metric = next((m for m in DEFAULT_METRICS if m in logged), None)
         if metric is None:
-            raise CheckpointError(f"job {run_id} logged no metric to pick the best checkpoint by; name one with metric=")
+            raise CheckpointError(
+                f"job {run_id} logged no metric to pick the best checkpoint by; name one with metric="
+            )
     scored = [c for c in found if metric in c.metrics]
     if not scored:
-        raise CheckpointError(f"no checkpoint of job {run_id} has metric {metric!r}; metrics: {', '.join(logged) or 'none'}")
+        raise CheckpointError(
+            f"no checkpoint of job {run_id} has metric {metric!r}; metrics: {', '.join(logged) or 'none'}"
+        )
     mode = mode or ("min" if any(w in metric.lower() for w in ("loss", "error", "mse", "mae")) else "max")
     if mode not in ("min", "max"):
         raise RegistryError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -192,7 +222,9 @@ def _framework_of(run: dict[str, Any], path: Path) -> str:
         return str(fw)
     detected = frameworks.detect_checkpoint(path)
     if detected is None:
-        raise RegistryError(f"cannot tell which framework wrote {path}; pass framework= ({', '.join(frameworks.known())})")
+        raise RegistryError(
+            f"cannot tell which framework wrote {path}; pass framework= ({', '.join(frameworks.known())})"
+        )
     return detected
 
 

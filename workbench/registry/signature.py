@@ -97,7 +97,7 @@ def coerce(spec: TensorSpec, value: Any, batched: bool = True) -> np.ndarray:
     if spec.dtype == "object":  # strings: text and bytes may mix, which numpy's own string types cannot hold
         arr = np.asarray(value, dtype=object)
         if not all(isinstance(v, (str, bytes)) for v in arr.flat):
-            raise InputError(f"input {spec.name!r} must be strings (text, or binary as {{\"b64\": ...}})")
+            raise InputError(f'input {spec.name!r} must be strings (text, or binary as {{"b64": ...}})')
     else:
         try:
             arr = np.asarray(value)

@@ -114,7 +114,9 @@ class ModelStore:
 
     def read(self) -> dict[str, Any]:
         if not self.exists():
-            raise ModelNotFound(f"no model {self.name!r} in {self.workspace.models}; models: {', '.join(names(self.workspace)) or 'none'}")
+            raise ModelNotFound(
+                f"no model {self.name!r} in {self.workspace.models}; models: {', '.join(names(self.workspace)) or 'none'}"
+            )
         return read_model_json(self.dir)
 
     @contextmanager
@@ -154,7 +156,9 @@ class ModelStore:
                 data["live"] = current  # keep serving what was live: the new version is not the newest-live
             if label:
                 data["labels"][check_name(label, "label")] = version
-            data["history"].append({"time": time.time(), "event": "promote", "version": version, "live": live, "label": label})
+            data["history"].append(
+                {"time": time.time(), "event": "promote", "version": version, "live": live, "label": label}
+            )
             return version
 
     def rollback(self, to: int | str | None = None) -> int:
@@ -164,7 +168,9 @@ class ModelStore:
                 raise ModelNotFound(f"model {self.name!r} has no versions to roll back")
             current = live_version(data)
             if to is None:
-                older = [int(v) for v, e in data["versions"].items() if int(v) < (current or 0) and not e.get("rolled_back")]
+                older = [
+                    int(v) for v, e in data["versions"].items() if int(v) < (current or 0) and not e.get("rolled_back")
+                ]
                 if not older:
                     raise RegistryError(f"model {self.name!r} has no version before {current} to roll back to")
                 target = max(older)
@@ -187,7 +193,9 @@ class ModelStore:
                     raise RegistryError(f"label {label!r} carries traffic; change the split first")
             else:
                 data["labels"][label] = resolve_ref(data, version)
-            data["history"].append({"time": time.time(), "event": "label", "label": label, "version": data["labels"].get(label)})
+            data["history"].append(
+                {"time": time.time(), "event": "label", "label": label, "version": data["labels"].get(label)}
+            )
 
     def set_traffic(self, weights: dict[str, float] | None) -> None:
         """Split unversioned requests by weight among labels or versions; ``None`` ends the split."""

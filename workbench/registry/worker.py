@@ -164,7 +164,11 @@ class _Worker:
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
             [python or sys.executable, "-c", _BOOT, priority, framework, *(["--spare"] if spare else [])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            bufsize=0,
         )
         self._pending = b""  # read from stdout, not yet a whole line
 
@@ -204,7 +208,7 @@ class _Worker:
                     f"its log ends with:\n{self.log_tail()}"
                 )
             if line.startswith(_RESULT):
-                return json.loads(line[len(_RESULT):])  # type: ignore[no-any-return]
+                return json.loads(line[len(_RESULT) :])  # type: ignore[no-any-return]
 
     def _rescue_if_starved(self, op: str, cpu_before: float | None) -> float | None:
         """Under the idle policy a worker gets almost no CPU once the CPUs are busy (the policy was chosen while
@@ -224,8 +228,13 @@ class _Worker:
         except FileNotFoundError:
             return cpu  # it is exiting
         except OSError as e:
-            log.warning("the %s worker got no CPU under the idle policy (the CPUs are busy) and cannot leave it "
-                        "(%s); running the %s again at niceness 10", op, e, op)
+            log.warning(
+                "the %s worker got no CPU under the idle policy (the CPUs are busy) and cannot leave it "
+                "(%s); running the %s again at niceness 10",
+                op,
+                e,
+                op,
+            )
             raise _Starved() from None
         log.warning("the %s worker got no CPU under the idle policy (the CPUs are busy); moved it to niceness 10", op)
         self.priority = "nice 10 (idle until the CPUs got busy)"
@@ -319,7 +328,12 @@ POOL = WorkerPool()
 
 
 def run(
-    role: str, framework: str, python: str | None, request: dict[str, Any], timeout: float = 600, worker: _Worker | None = None
+    role: str,
+    framework: str,
+    python: str | None,
+    request: dict[str, Any],
+    timeout: float = 600,
+    worker: _Worker | None = None,
 ) -> dict[str, Any]:
     """Run ``request`` in a fresh worker (``worker``, taken from :data:`POOL` earlier, or one taken now); return its
     result, with the scheduling priority the worker ran under (``priority``: "idle" or "nice N"), or raise the

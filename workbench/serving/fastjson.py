@@ -50,7 +50,11 @@ _KEEP = b'[]{},:"'
 _DELETE = bytes(c for c in range(256) if c not in _KEEP)
 _BUFFER = {"f": ("d", np.float64), "i": ("i", np.int64), "u": ("u", np.uint64)}
 # what the C decoder writes for an input dtype (int64 for every int type: coerce checks the range and casts)
-_NATIVE = {"float32": "f", "float64": "d", **{t: "q" for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")}}
+_NATIVE = {
+    "float32": "f",
+    "float64": "d",
+    **{t: "q" for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")},
+}
 _NATIVE_DTYPES = {"f": np.float32, "d": np.float64, "q": np.int64}
 _V2_DATATYPES = {"FP32": "float32", "FP64": "float64"}
 

@@ -62,7 +62,9 @@ class _Connection(asyncio.Protocol):
     machine it shares with the server is CPU the server gets back. Responses must carry a Content-Length
     (both servers measured here do)."""
 
-    def __init__(self, request: bytes, answered: Callable[[_Connection, int], None], lost: Callable[[_Connection], None]):
+    def __init__(
+        self, request: bytes, answered: Callable[[_Connection, int], None], lost: Callable[[_Connection], None]
+    ):
         self.request = request
         self.answered = answered
         self.lost = lost

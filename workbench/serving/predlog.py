@@ -64,7 +64,15 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, model: str, version: int, protocol: str, latency_s: float, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def record(
+        self,
+        model: str,
+        version: int,
+        protocol: str,
+        latency_s: float,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
         try:
             self._queue.put_nowait((time.time(), model, version, protocol, latency_s, inputs, outputs))
         except queue.Full:
@@ -96,7 +104,15 @@ class PredictionLog:
         conn.close()
 
 
-def _row(t: float, model: str, version: int, protocol: str, latency_s: float, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> tuple[Any, ...]:
+def _row(
+    t: float,
+    model: str,
+    version: int,
+    protocol: str,
+    latency_s: float,
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+) -> tuple[Any, ...]:
     rows = len(next(iter(outputs.values()))) if outputs else 0
     return (t, model, int(version), protocol, rows, latency_s * 1000.0, _dump(inputs), _dump(outputs))
 
@@ -106,7 +122,9 @@ def _dump(arrays: dict[str, np.ndarray]) -> str | None:
     return text if len(text) <= MAX_FIELD_CHARS else None
 
 
-def summary(workspace: Workspace | None = None, model: str | None = None, since: float | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+def summary(
+    workspace: Workspace | None = None, model: str | None = None, since: float | None = None
+) -> dict[str, dict[int, dict[str, Any]]]:
     """Per model and version: requests, rows, latency percentiles (ms) and output distribution.
 
     For an output with a class axis (e.g. probabilities, shape [batch, k]) the
@@ -135,7 +153,9 @@ def summary(workspace: Workspace | None = None, model: str | None = None, since:
         out.setdefault(m, {})[v] = {
             "requests": len(items),
             "rows": int(sum(i[0] for i in items)),
-            "latency_ms": {p: round(float(np.percentile(lat, q)), 3) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))}
+            "latency_ms": {
+                p: round(float(np.percentile(lat, q)), 3) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))
+            }
             | {"mean": round(float(lat.mean()), 3)},
             "outputs": _distribution([i[2] for i in items]),
         }
@@ -154,9 +174,16 @@ def _distribution(dumps: list[str | None]) -> dict[str, Any]:
         if values.shape[1] > 1:
             top = values.argmax(axis=1)
             classes, counts = np.unique(top, return_counts=True)
-            dist[name] = {"top_class": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
-                          "mean_top_score": round(float(values.max(axis=1).mean()), 4)}
+            dist[name] = {
+                "top_class": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
+                "mean_top_score": round(float(values.max(axis=1).mean()), 4),
+            }
         else:
             col = values[:, 0]
-            dist[name] = {"mean": float(col.mean()), "std": float(col.std()), "min": float(col.min()), "max": float(col.max())}
+            dist[name] = {
+                "mean": float(col.mean()),
+                "std": float(col.std()),
+                "min": float(col.min()),
+                "max": float(col.max()),
+            }
     return dist

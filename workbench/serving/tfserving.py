@@ -19,9 +19,19 @@ import numpy as np
 from workbench.registry.signature import InputError, Signature, TensorSpec, coerce
 
 DT = {
-    "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "float16": "DT_HALF", "int8": "DT_INT8", "int16": "DT_INT16",
-    "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32",
-    "uint64": "DT_UINT64", "bool": "DT_BOOL", "object": "DT_STRING",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "float16": "DT_HALF",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "bool": "DT_BOOL",
+    "object": "DT_STRING",
 }
 
 
@@ -31,7 +41,9 @@ def parse_predict(body: Any, signature: Signature) -> tuple[dict[str, np.ndarray
         raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar format)')
     name = body.get("signature_name")
     if name not in (None, "", signature.extra.get("signature_name", "serving_default")):
-        raise InputError(f"unknown signature_name {name!r}; this model has {signature.extra.get('signature_name', 'serving_default')!r}")
+        raise InputError(
+            f"unknown signature_name {name!r}; this model has {signature.extra.get('signature_name', 'serving_default')!r}"
+        )
     if ("instances" in body) == ("inputs" in body):
         raise InputError('give exactly one of "instances" (row format) or "inputs" (columnar format)')
     if "instances" in body:
@@ -138,7 +150,11 @@ def status_body(versions: list[tuple[int, str, str]]) -> dict[str, Any]:
     """``versions``: (version, state, error message) with TF Serving's states (AVAILABLE, LOADING, END)."""
     return {
         "model_version_status": [
-            {"version": str(v), "state": state, "status": {"error_code": "UNKNOWN" if err else "OK", "error_message": err}}
+            {
+                "version": str(v),
+                "state": state,
+                "status": {"error_code": "UNKNOWN" if err else "OK", "error_message": err},
+            }
             for v, state, err in sorted(versions, reverse=True)
         ]
     }
@@ -152,7 +168,10 @@ def metadata_body(name: str, version: int, signature: Signature) -> dict[str, An
         return {
             t.name: {
                 "dtype": DT.get(t.dtype, "DT_INVALID"),
-                "tensor_shape": {"dim": [{"size": str(-1 if s is None else s), "name": ""} for s in t.shape], "unknown_rank": False},
+                "tensor_shape": {
+                    "dim": [{"size": str(-1 if s is None else s), "name": ""} for s in t.shape],
+                    "unknown_rank": False,
+                },
                 "name": tensor_names.get(kind, {}).get(t.name, t.name),
             }
             for t in specs

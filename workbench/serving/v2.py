@@ -14,8 +14,18 @@ import numpy as np
 from workbench.registry.signature import InputError, Signature, TensorSpec, coerce
 
 DATATYPES = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "int8": "INT8",
-    "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64",
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
     "object": "BYTES",
 }
 NUMPY = {v: k for k, v in DATATYPES.items()}
@@ -24,7 +34,9 @@ NUMPY = {v: k for k, v in DATATYPES.items()}
 def parse_infer(body: Any, signature: Signature) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """The inputs as arrays, and the output names asked for (None: all). Raises InputError."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-        raise InputError('the body must be a JSON object with "inputs": a list of {"name", "shape", "datatype", "data"}')
+        raise InputError(
+            'the body must be a JSON object with "inputs": a list of {"name", "shape", "datatype", "data"}'
+        )
     out: dict[str, np.ndarray] = {}
     for tensor in body["inputs"]:
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
@@ -61,11 +73,20 @@ def _tensor(spec: TensorSpec, tensor: dict[str, Any]) -> np.ndarray:
         arr = np.asarray(tensor["data"], dtype=None if datatype == "BYTES" else NUMPY[datatype])
         arr = arr.reshape(shape)
     except (ValueError, TypeError) as e:
-        raise InputError(f"input {spec.name!r}: data does not fit shape {shape} and datatype {datatype} ({e})") from None
+        raise InputError(
+            f"input {spec.name!r}: data does not fit shape {shape} and datatype {datatype} ({e})"
+        ) from None
     return coerce(spec, arr)
 
 
-def infer_body(name: str, version: int, outputs: dict[str, np.ndarray], signature: Signature, names: list[str] | None, request_id: Any = None) -> dict[str, Any]:
+def infer_body(
+    name: str,
+    version: int,
+    outputs: dict[str, np.ndarray],
+    signature: Signature,
+    names: list[str] | None,
+    request_id: Any = None,
+) -> dict[str, Any]:
     order = names or [t.name for t in signature.outputs if t.name in outputs] or list(outputs)
     body: dict[str, Any] = {
         "model_name": name,
@@ -87,7 +108,14 @@ def infer_body(name: str, version: int, outputs: dict[str, np.ndarray], signatur
 
 def metadata_body(name: str, versions: list[int], framework: str, signature: Signature) -> dict[str, Any]:
     def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-        return [{"name": t.name, "datatype": DATATYPES.get(t.dtype, "BYTES"), "shape": [-1 if s is None else s for s in t.shape]} for t in specs]
+        return [
+            {
+                "name": t.name,
+                "datatype": DATATYPES.get(t.dtype, "BYTES"),
+                "shape": [-1 if s is None else s for s in t.shape],
+            }
+            for t in specs
+        ]
 
     platform = {"tensorflow": "tensorflow_savedmodel"}.get(framework, framework)
     return {

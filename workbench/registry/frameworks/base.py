@@ -80,7 +80,9 @@ class Framework(abc.ABC):
         """Whether ``version_dir`` holds this framework's serving format (versions dropped in by hand)."""
 
     @abc.abstractmethod
-    def export(self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None) -> Signature:
+    def export(
+        self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None
+    ) -> Signature:
         """Write ``checkpoint`` in the serving format into ``dest`` (an empty folder); return its signature.
 
         ``builder`` names a model-building function (``"module:function"`` or

@@ -56,7 +56,9 @@ class TensorFlow(Framework):
     def detect_export(self, version_dir: Path) -> bool:
         return (version_dir / "saved_model.pb").is_file()
 
-    def export(self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None) -> Signature:
+    def export(
+        self, checkpoint: Path, dest: Path, *, builder: str | None = None, code_dir: Path | None = None
+    ) -> Signature:
         if checkpoint.is_dir() and (checkpoint / "saved_model.pb").exists():
             shutil.copytree(checkpoint, dest, dirs_exist_ok=True)
             return read_signature(dest)
@@ -132,7 +134,9 @@ def export_keras(model: Any, dest: Path) -> None:
     import tensorflow as tf
 
     inputs = list(model.inputs)
-    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=_tensor_name(t, i, "input")) for i, t in enumerate(inputs)]
+    specs = [
+        tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=_tensor_name(t, i, "input")) for i, t in enumerate(inputs)
+    ]
     names = [s.name for s in specs]
     output_names = _output_names(model)
 
@@ -212,7 +216,10 @@ def read_signature(version_dir: Path) -> Signature:
         "outputs": {k: sig.outputs[k].name for k in sig.outputs},
     }
     return Signature(
-        specs(sig.inputs), specs(sig.outputs), "predict", {"signature_name": SIGNATURE_KEY, "tensor_names": tensor_names}
+        specs(sig.inputs),
+        specs(sig.outputs),
+        "predict",
+        {"signature_name": SIGNATURE_KEY, "tensor_names": tensor_names},
     )
 
 
@@ -254,7 +261,9 @@ class SavedModelRuntime(Runtime):
                 return None
 
             def flat(inputs: dict[str, np.ndarray]) -> Any:
-                return call([tf.constant(inputs[n]) for n in names], captured)  # tf.constant: ~half convert_to_tensor's cost
+                return call(
+                    [tf.constant(inputs[n]) for n in names], captured
+                )  # tf.constant: ~half convert_to_tensor's cost
 
             sample = self.signature.sample(2)
             want, got = self._call(sample), flat(sample)
