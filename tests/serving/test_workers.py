@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
-import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from workbench.serving.metrics import ServerMetrics, labels
-from workbench.serving.workers import Peers, parse_workers
+from workbench.serving.workers import OPEN, Peers, parse_workers, read_table
 
 from .conftest import start_server, stop_server
 
@@ -89,6 +90,12 @@ def _predict_on_new_connections(url: str, model: str, digits, n: int) -> list[in
         versions.append(int(r.getheader("x-model-version")))
         conn.close()
     return versions
+
+
+def _connection_counts(server) -> Callable[[], tuple[int, ...]]:
+    """A function reading each worker's open connections from the workers' shared table."""
+    run_dir = Path(json.loads(_workers(server)[0].cmdline()[-1])["run_dir"])
+    return lambda: tuple(row[OPEN] for row in read_table(run_dir, 2))
 
 
 @pytest.fixture(scope="module")
@@ -184,12 +191,8 @@ def test_connections_are_spread_evenly_over_the_workers(two, publish, digits) ->
     while two.log_text().count("takes connections") < 2 + two.log_text().count("starting another"):
         assert time.monotonic() < deadline, two.log_text()[-3000:]  # a worker replaced by another test is ready
         time.sleep(0.2)
-    run_dir = Path(json.loads(_workers(two)[0].cmdline()[-1])["run_dir"])
     u = urlparse(two.url)
-
-    def counts() -> tuple[int, int]:  # each worker's row: pid, open connections, those taken over from each
-        table = struct.unpack("8q", (run_dir / "connections").read_bytes())
-        return table[1], table[5]
+    counts = _connection_counts(two)
 
     before = counts()  # connections other tests left open, if any
     for _ in range(3):
@@ -208,3 +211,46 @@ def test_connections_are_spread_evenly_over_the_workers(two, publish, digits) ->
         while sum(counts()) != sum(before):
             assert time.monotonic() < deadline, counts()
             time.sleep(0.05)
+
+
+def test_a_worker_passes_its_connections_on_while_it_loads_and_gets_them_back(two, publish, digits) -> None:
+    publish("aside")
+    two.wait_version("aside", 1)
+    counts = _connection_counts(two)
+    failures, answered, stop = [], [0], threading.Event()
+
+    def hammer() -> None:
+        s = requests.Session()  # one keep-alive connection, moved between the workers as they load
+        while not stop.is_set():
+            r = s.post(f"{two.url}/v1/models/aside:predict", json={"instances": digits[:1]}, timeout=30)
+            answered[0] += 1
+            if r.status_code != 200:
+                failures.append(r.text)
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before = two.log_text().count("steps aside to load")
+        publish("aside")
+        requests.post(f"{two.url}/workbench/reload", timeout=10)
+        two.wait_version("aside", 2)
+        log = two.log_text()
+        stepped = re.findall(r"worker process (\d) steps aside to load: passed (\d+) of its (\d+) connections", log)
+        # each worker in turn, while the other serves every client
+        assert sorted(w for w, _, _ in stepped[before:]) == ["0", "1"], log[-3000:]
+        assert all(passed == had for _, passed, had in stepped[before:]), stepped
+        # the worker that loaded last has none left; answering requests evens them out again
+        deadline = time.monotonic() + 20
+        while max(counts()) - min(counts()) > 1 or sum(counts()) < 6:
+            assert time.monotonic() < deadline, counts()
+            time.sleep(0.05)
+        n = answered[0]
+        time.sleep(0.5)
+        assert answered[0] > n  # still answering
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []

@@ -89,6 +89,7 @@ class _Connection(asyncio.Protocol):
         self.head = 0  # bytes of request line and headers so far
         self.waiting: deque[tuple[Request, bool]] = deque()
         self.busy = False  # a request is with the handler
+        self.partial = False  # part of a request is parsed (the connection cannot change hands now)
         self.broken = False  # the stream cannot be parsed further: answer what is in hand, then close
         self.last_words: bytes | None = None  # written after the answer in hand, before closing
         self.closing = False
@@ -103,7 +104,7 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         balancer = self.server.balancer
-        if balancer is not None and not self.adopted and balancer.hand_off(transport, len(self.server.connections) + 1):
+        if balancer is not None and not self.adopted and balancer.pass_on(transport, len(self.server.connections) + 1):
             self.closing = True
             transport.abort()  # our copy of the socket; the other worker's stays open
             return
@@ -139,6 +140,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url, self.headers, self.body, self.size, self.head = b"", {}, [], 0, 0
+        self.partial = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -170,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.partial = False
         if self.broken:
             return
         url = self.url
@@ -202,6 +205,9 @@ class _Connection(asyncio.Protocol):
         if not self.waiting or self.closing or self.broken:
             self.busy = False
             if not self.closing:
+                balancer = self.server.balancer
+                if balancer is not None and balancer.wants_out(len(self.server.connections)) and self.pass_on():
+                    return
                 self._arm_idle()
             return
         self.busy = True
@@ -261,6 +267,25 @@ class _Connection(asyncio.Protocol):
         if not self.busy and not self.waiting:
             self._close()
 
+    def pass_on(self) -> bool:
+        """Hand this connection to another worker process if it is idle between requests and the balancer finds
+        one that should take it; True if it went (this worker then forgets it)."""
+        transport, balancer = self.transport, self.server.balancer
+        if self.busy or self.waiting or self.partial or self.paused or self.broken or self.closing:
+            return False
+        if transport is None or transport.get_write_buffer_size() or balancer is None:
+            return False
+        if not balancer.pass_on(transport, len(self.server.connections)):
+            return False
+        self.closing = True
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        self.server.connections.discard(self)
+        balancer.count(len(self.server.connections))
+        transport.abort()  # our copy of the socket; the other worker's stays open, and so does the connection
+        return True
+
     def close_if_idle(self) -> None:
         if not self.busy and not self.waiting:
             self._close()
@@ -299,6 +324,11 @@ class HTTPServer:
         assert self.loop is not None
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: _Connection(self, adopted=True), sock))
         task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or sock.close())
+
+    def pass_idle(self) -> None:
+        """Offer every idle connection to the other worker processes (see workers.Balancer.aside)."""
+        for conn in list(self.connections):
+            conn.pass_on()
 
     async def start_unix(self, path: str) -> None:
         """Listen on a Unix socket (the channel between worker processes)."""

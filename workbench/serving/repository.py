@@ -44,7 +44,7 @@ from workbench.serving.metrics import ServerMetrics, labels
 from workbench.workspace import Workspace, read_json
 
 if TYPE_CHECKING:
-    from workbench.serving.workers import Peers
+    from workbench.serving.workers import Balancer, Peers
 
 log = logging.getLogger("workbench.serving")
 
@@ -163,6 +163,7 @@ class ModelRepository:
         self.max_batch, self.max_wait, self.keep, self.poll = max_batch, max_wait, max(1, keep), poll
         self.warmup_batches = warmup_batches
         self.peers = peers  # the other worker processes of this server, if any
+        self.balancer: Balancer | None = None  # moves connections between those (set once this worker serves)
         self.ready = threading.Event()  # set after the first scan
         self.last_request = float("-inf")  # time.monotonic() of the latest predict (see _yielding)
         self._models: dict[str, ModelState] = {}
@@ -198,7 +199,9 @@ class ModelRepository:
         """Run ``inputs`` on ``servable`` through its batcher; if it was just swapped out, on what replaced it.
         ``alone``: no other client is connected, so nothing could join a batch; run at once if the model is idle."""
         loop = asyncio.get_running_loop()
-        self.last_request = time.monotonic()
+        self.last_request = now = time.monotonic()
+        if self.balancer is not None:
+            self.balancer.stamp(now)
         if alone:
             outputs = servable.batcher.call_now(inputs)
             if outputs is not None:
@@ -277,22 +280,24 @@ class ModelRepository:
         wanted = self._wanted(data, on_disk, failed)
         serving = dict(servables)  # what requests see until the swap below
         new = sorted(wanted - set(servables) - set(failed), reverse=True)
-        for v in new:
-            self._set(name, ModelState(name, data, serving, dict(failed), frozenset(new)))
-            try:
-                servables[v] = self._load(name, v, on_disk[v], data)
-            except Exception as e:
-                failed[v] = f"{type(e).__name__}: {e}" if not isinstance(e, WorkbenchError) else str(e)
-                self._failed_at[(name, v)] = _mtime(on_disk[v])
-                self.metrics.load_failures.inc(labels(name, v))
-                log.error(
-                    "model %s version %s could not be loaded, skipped (%s); still serving %s",
-                    name,
-                    v,
-                    failed[v],
-                    sorted(serving) or "nothing",
-                )
-            if self.peers is not None:
+        with self._aside(name, {v: _mtime(on_disk[v]) for v in new}) as alone:
+            for v in new:
+                self._set(name, ModelState(name, data, serving, dict(failed), frozenset(new)))
+                try:
+                    servables[v] = self._load(name, v, on_disk[v], data, alone)
+                except Exception as e:
+                    failed[v] = f"{type(e).__name__}: {e}" if not isinstance(e, WorkbenchError) else str(e)
+                    self._failed_at[(name, v)] = _mtime(on_disk[v])
+                    self.metrics.load_failures.inc(labels(name, v))
+                    log.error(
+                        "model %s version %s could not be loaded, skipped (%s); still serving %s",
+                        name,
+                        v,
+                        failed[v],
+                        sorted(serving) or "nothing",
+                    )
+        if self.peers is not None:
+            for v in new:
                 self.peers.announce(name, v, _mtime(on_disk[v]), failed.get(v))
         if self.peers is not None and new:
             # Every worker process swaps at once, and serves a version only if every one of them loaded it.
@@ -338,12 +343,22 @@ class ModelRepository:
         newest = [v for v in sorted(on_disk, reverse=True) if v not in failed][: self.keep]
         return (refs | set(newest)) & set(on_disk)
 
-    def _load(self, name: str, version: int, path: Path, data: dict[str, Any]) -> Servable:
+    def _aside(self, name: str, versions: dict[int, int]) -> Any:
+        """Where other worker processes serve this server's clients too, and clients are being served: wait for
+        the workers before this one to load ``versions`` (version -> folder mtime), then pass this worker's
+        connections to the others while it loads (see workers.Balancer). Yields whether it has no clients left."""
+        peers, balancer = self.peers, self.balancer
+        if not versions or peers is None or peers.count < 2 or balancer is None or not balancer.busy():
+            return nullcontext(False)
+        peers.wait(name, versions, self._stop, workers=range(peers.index))
+        return balancer.aside()
+
+    def _load(self, name: str, version: int, path: Path, data: dict[str, Any], alone: bool = False) -> Servable:
         t0 = time.perf_counter()
         fw_name = _framework_of(path, data.get("versions", {}).get(str(version), {}))
         framework = frameworks.get_framework(fw_name)
         self.settle(framework)
-        with self._yielding():
+        with nullcontext() if alone else self._yielding():
             runtime = framework.load(path)
             try:
                 for rows in sorted({min(b, self.max_batch) for b in self.warmup_batches}):

@@ -100,6 +100,7 @@ def run_worker(
                     private=private,
                     ready=ready,
                     peers=peers,
+                    repo=repo,
                 )
             )
     finally:
@@ -133,6 +134,7 @@ async def _serve_until_signal(
     private: HTTPServer | None = None,
     ready: threading.Event | None = None,
     peers: Peers | None = None,
+    repo: ModelRepository | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,7 +146,10 @@ async def _serve_until_signal(
     if ready is not None:
         await loop.run_in_executor(None, ready.wait)
     if peers is not None:
-        Balancer(peers).start(server)
+        balancer = Balancer(peers)
+        balancer.start(server)
+        if repo is not None:
+            repo.balancer = balancer
     port = await server.start(host, port, sock=sock)
     if sock is None:
         print(f"serving models from {models} on http://{host}:{port}", flush=True)

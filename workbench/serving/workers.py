@@ -18,7 +18,8 @@ dies, and stops them all on SIGINT/SIGTERM. The workers share a run directory:
 - ``w<index>.sock``: each worker's private HTTP endpoint. ``/metrics`` adds
   up every worker's values; ``POST /workbench/reload`` wakes every worker.
 - ``connections`` and ``fd<index>.sock``: each worker's open connections,
-  and where it takes connections another worker passes it (:class:`Balancer`).
+  and where it takes connections another worker passes it (:class:`Balancer`:
+  connections are evened out, and moved off a worker while it loads).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,18 +113,20 @@ class Peers:
         stop: threading.Event,
         timeout: float = SWAP_TIMEOUT_S,
         phase: str = "loaded",
+        workers: range | None = None,
     ) -> dict[int, str]:
-        """Wait until every worker reported ``phase`` on each of ``versions`` (version -> stamp); return, for the
-        versions some worker could not load, why. After ``timeout`` s (a worker stuck or restarting) go on without
-        it."""
+        """Wait until every worker (or each of ``workers``) reported ``phase`` on each of ``versions`` (version ->
+        stamp); return, for the versions some worker could not load, why. After ``timeout`` s (a worker stuck or
+        restarting) go on without it."""
+        workers = range(self.count) if workers is None else workers
         deadline = time.monotonic() + timeout
         pending, problems = dict(versions), {}
         while pending:
             for v, stamp in list(pending.items()):
-                reports = self._reports(self._folder(phase, model, v, stamp))
+                reports = self._reports(self._folder(phase, model, v, stamp), workers)
                 if reports is not None:
                     del pending[v]
-                    bad = [(i, text) for i, text in enumerate(reports) if text]
+                    bad = [(i, text) for i, text in zip(workers, reports, strict=True) if text]
                     if bad:
                         problems[v] = f"worker process {bad[0][0]} could not load it: {bad[0][1]}"
             if not pending or stop.wait(0.005):
@@ -138,9 +142,9 @@ class Peers:
                 break
         return problems
 
-    def _reports(self, folder: Path) -> list[str] | None:
+    def _reports(self, folder: Path, workers: range) -> list[str] | None:
         reports = []
-        for i in range(self.count):
+        for i in workers:
             try:
                 reports.append((folder / str(i)).read_text())
             except FileNotFoundError:
@@ -174,27 +178,55 @@ async def _ask(sock_path: str, method: str, path: str) -> bytes | None:
     return body
 
 
+# columns of a worker's row in the shared ``connections`` table (then: taken over from each worker)
+PID, OPEN, DRAINING, LAST_REQUEST = range(4)
+COLUMNS = 4
+DRAIN_WAIT_S = 1.0  # a worker stepping aside waits this long for its connections to go, then loads anyway
+
+
+def table_size(count: int) -> int:
+    """Bytes of the shared ``connections`` table for ``count`` workers."""
+    return 8 * count * (COLUMNS + count)
+
+
+def read_table(run_dir: Path, count: int) -> list[list[int]]:
+    """The shared ``connections`` table, a row per worker (see :class:`Balancer`)."""
+    raw = array.array("q", (run_dir / "connections").read_bytes())
+    n = COLUMNS + count
+    return [list(raw[i * n : (i + 1) * n]) for i in range(count)]
+
+
 class Balancer:
-    """Evens out client connections between the worker processes.
+    """Evens out client connections between the worker processes, and moves them off a worker while it loads.
 
     The kernel hands a new connection to whichever worker accepts first, so 8 keep-alive clients can end up 6 on
     one worker and 2 on the other (throughput at 8 connections swung 0.47x-0.69x of the limit between runs). A
-    worker that accepts a connection while it has more than one above the least busy worker passes the socket to
-    that worker (over a Unix datagram socket) before reading from it; a connection is passed at most once. The
-    shared file ``connections`` has a row per worker, written only by it: its pid, its open connections, then how
-    many connections it took over from each worker, so that a worker counts the ones it passed that are still on
-    their way (to the same process: a replaced worker starts from zero)."""
+    worker passes a connection to the least busy worker when it has more than one above it: a new one before
+    reading from it, and one it already serves whenever that connection is idle between requests (nothing read
+    of the next request, nothing left to write), so the socket, and what the client sends next, simply change
+    hands (over a Unix datagram socket).
+
+    A worker about to load new versions while clients are being served steps aside (:meth:`aside`): it marks
+    itself draining, passes every connection on as it goes idle, loads at full speed with no requests of its own
+    to hold up, then takes connections again. The workers take turns, so the others serve meanwhile.
+
+    The shared file ``connections`` has a row per worker, written only by it: its pid, its open connections,
+    whether it is draining, when it last ran a request (ms of the monotonic clock), then how many connections it
+    took over from each worker, so that a worker counts the ones it passed that are still on their way (to the
+    same process: a replaced worker starts from zero)."""
 
     def __init__(self, peers: Peers):
         self.peers = peers
-        n = self._width = peers.count + 2  # a row: pid, open connections, taken over from each worker
+        n = self._width = COLUMNS + peers.count
         with open(peers.run_dir / "connections", "r+b") as f:
-            self._map = mmap.mmap(f.fileno(), 8 * n * peers.count)
+            self._map = mmap.mmap(f.fileno(), table_size(peers.count))
         self._table = memoryview(self._map).cast("q")
-        row = peers.index * n
+        row = self._row = peers.index * n
         self._table[row : row + n] = array.array("q", [os.getpid()] + [0] * (n - 1))  # a replacement starts afresh
         # per worker: (its pid, how many it had taken over from this one then, connections passed to it since)
         self._passed = [(0, 0, 0)] * peers.count
+        self._others = [j for j in range(peers.count) if j != peers.index]
+        self.server: http.HTTPServer | None = None
         inbox = self._address(peers.index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inbox)  # left by a worker this one replaces
@@ -208,47 +240,97 @@ class Balancer:
 
     def count(self, connections: int) -> None:
         """This worker's open connections now."""
-        self._table[self.peers.index * self._width + 1] = connections
+        self._table[self._row + OPEN] = connections
+
+    def stamp(self, now: float) -> None:
+        """This worker ran a request at ``now`` (time.monotonic())."""
+        self._table[self._row + LAST_REQUEST] = int(now * 1000)
+
+    def busy(self, within: float = 1.0) -> bool:
+        """Whether any worker ran a request in the last ``within`` s."""
+        t, n, since = self._table, self._width, int((time.monotonic() - within) * 1000)
+        return any(t[j * n + PID] and t[j * n + LAST_REQUEST] > since for j in range(self.peers.count))
 
     def connections(self) -> list[int]:
         """Each worker's open connections, plus those this worker passed it that it has not taken yet."""
         n, me, table = self._width, self.peers.index, self._table.tolist()
         counts = []
         for j in range(self.peers.count):
-            pid, open_, took = table[j * n], table[j * n + 1], table[j * n + 2 + me]
+            pid, open_, took = table[j * n + PID], table[j * n + OPEN], table[j * n + COLUMNS + me]
             if self._passed[j][0] != pid:  # first look at that process (or at this one, for what it took earlier)
                 self._passed[j] = (pid, took, 0)
             _, base, passed = self._passed[j]
             counts.append(open_ + (passed - (took - base) if j != me else 0))
         return counts
 
-    def hand_off(self, transport: asyncio.BaseTransport, connections: int) -> bool:
-        """Pass a just-accepted connection to the least busy worker if this one (with it, ``connections``) has more
-        than one above it; True if passed (the caller then drops its copy of the socket)."""
-        counts = self.connections()
-        least = min(range(len(counts)), key=counts.__getitem__)
-        if least == self.peers.index or connections <= counts[least] + 1:
-            return False
+    def wants_out(self, connections: int) -> bool:
+        """A cheap first look (once per answered request): might a connection of this worker's ``connections`` go
+        to another worker? :meth:`pass_on` decides."""
+        t, n = self._table, self._width
+        if t[self._row + DRAINING]:
+            return True
+        return any(connections > t[j * n + OPEN] + 1 for j in self._others)
+
+    def _target(self, connections: int) -> int | None:
+        """The worker a connection of this one's should go to, if any."""
+        counts, t, n = self.connections(), self._table, self._width
+        open_to = [j for j in self._others if t[j * n + PID] and not t[j * n + DRAINING]]
+        if not open_to:
+            return None
+        least = min(open_to, key=counts.__getitem__)
+        return least if t[self._row + DRAINING] or connections > counts[least] + 1 else None
+
+    def pass_on(self, transport: asyncio.BaseTransport, connections: int) -> bool:
+        """Pass a connection (one just accepted, or an idle one) to another worker if this one, with
+        ``connections``, is draining or has more than one above the least busy worker; True if passed (the caller
+        then drops its copy of the socket)."""
+        target = self._target(connections)
         sock = transport.get_extra_info("socket")
-        if sock is None:
+        if target is None or sock is None:
             return False
         try:
             # (socket.send_fds ignores its address argument before Python 3.13)
             rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
-            self._outbox.sendmsg([str(self.peers.index).encode()], rights, 0, self._address(least))
+            self._outbox.sendmsg([str(self.peers.index).encode()], rights, 0, self._address(target))
         except OSError:  # that worker is gone or not taking connections yet
             return False
-        pid, base, passed = self._passed[least]
-        self._passed[least] = (pid, base, passed + 1)
+        pid, base, passed = self._passed[target]
+        self._passed[target] = (pid, base, passed + 1)
         return True
+
+    @contextlib.contextmanager
+    def aside(self, wait: float = DRAIN_WAIT_S) -> Iterator[bool]:
+        """Watcher thread: pass this worker's connections to the others while the block runs (new ones too);
+        yields whether they all went within ``wait`` s (a long request, or no other worker to take them, keeps
+        one)."""
+        server, loop = self.server, self.server.loop if self.server is not None else None
+        if server is None or loop is None:
+            yield False
+            return
+        self._table[self._row + DRAINING] = 1
+        try:
+            had, t0 = len(server.connections), time.monotonic()
+            while server.connections and time.monotonic() < t0 + wait:
+                loop.call_soon_threadsafe(server.pass_idle)
+                time.sleep(0.005)
+            left = len(server.connections)
+            log.info(
+                "worker process %d steps aside to load: passed %d of its %d connections on in %.3f s",
+                self.peers.index,
+                had - left,
+                had,
+                time.monotonic() - t0,
+            )
+            yield not left
+        finally:
+            self._table[self._row + DRAINING] = 0
 
     def start(self, server: http.HTTPServer) -> None:
         """Take the connections other workers pass to this one, on a thread, into ``server`` (on this loop)."""
         loop = asyncio.get_running_loop()
-        row = self.peers.index * self._width
 
         def took(source: int, fd: int) -> None:
-            self._table[row + 2 + source] += 1
+            self._table[self._row + COLUMNS + source] += 1
             server.adopt(fd)
 
         def receive() -> None:
@@ -261,6 +343,7 @@ class Balancer:
                     loop.call_soon_threadsafe(took, int(msg or b"0"), fd)
 
         threading.Thread(target=receive, name="connections-in", daemon=True).start()
+        self.server = server
         server.balancer = self
 
 
@@ -302,7 +385,7 @@ def supervise(count: int, host: str, port: int, workspace: Path, options: dict[s
     sock = _listen(host, port)
     port = sock.getsockname()[1]
     run_dir = Path(tempfile.mkdtemp(prefix="workbench-serve-"))
-    (run_dir / "connections").write_bytes(bytes(8 * count * (count + 2)))  # see Balancer
+    (run_dir / "connections").write_bytes(bytes(table_size(count)))  # see Balancer
     env = dict(os.environ, WORKBENCH_WORKSPACE=str(workspace))
     # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight).
     threads = str(max(1, int(usable_cpus()) // count))
