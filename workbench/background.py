@@ -9,14 +9,20 @@ the same for a whole process (promote's export and validation workers), through 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger("workbench")
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -168,21 +174,65 @@ def resolve_priority(policy: str) -> str:
     return policy
 
 
-def lower_priority(resolved: str) -> None:
-    """Apply :func:`resolve_priority`'s answer to this process (idle falls back to niceness 10 where the policy is
-    not available or not allowed)."""
+def lower_priority(resolved: str, pid: int = 0) -> None:
+    """Apply :func:`resolve_priority`'s answer to process ``pid`` (0: the calling thread; on Linux policy and
+    niceness belong to a thread, and threads started later inherit them). Idle falls back to niceness 10 where the
+    policy is not available or not allowed."""
     if resolved == "idle" and hasattr(os, "SCHED_IDLE"):
         try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
             return
         except OSError:
             pass
     increment = int(resolved) if resolved.isdigit() else _AUTO_NICE
     if increment > 0:
         try:
-            os.nice(increment)
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + increment))
         except OSError:
             pass
+
+
+_TASKS = "/proc/self/task"  # this process's threads (Linux)
+_threads_started_low = False  # see on_low_priority_thread
+
+
+def on_low_priority_thread(fn: Callable[[], T], policy: str = "auto") -> T:
+    """Run ``fn`` on a thread of its own that runs below normal priority (:func:`resolve_priority` of ``policy``),
+    wait for it, and return what it returned (or raise what it raised).
+
+    On Linux scheduling policy and niceness belong to a thread, so this leaves the calling thread as it was,
+    where a process cannot raise its own priority back once lowered. Threads and processes that ``fn`` starts
+    inherit the lowered priority, though: ``fn`` must not start any that outlive it."""
+    global _threads_started_low
+    if _threads_started_low or not os.path.isdir(_TASKS):
+        return fn()
+    resolved = resolve_priority(policy)
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            lower_priority(resolved)
+            out.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+            out.append((False, e))
+
+    before = set(os.listdir(_TASKS))
+    thread = threading.Thread(target=run, name="low-priority", daemon=True)
+    thread.start()
+    thread.join()
+    started = set(os.listdir(_TASKS)) - before - {str(thread.native_id)}
+    if started:
+        _threads_started_low = True
+        log.warning(
+            "%d threads started below normal priority (by %s) and keep it; running such work at normal priority "
+            "from now on",
+            len(started),
+            getattr(fn, "__qualname__", fn),
+        )
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def runs_idle(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """One-shot worker processes that export a checkpoint or validate an exported version.
 
-A worker (started through ``_BOOT``, which first lowers its priority; by hand
-``python -m workbench.registry.worker FRAMEWORK``) imports the framework (the
+A worker (started through ``_BOOT``, its priority lowered by the caller at once;
+by hand ``python -m workbench.registry.worker FRAMEWORK``) imports the framework (the
 slow part, seconds for TensorFlow), then reads one JSON request from stdin,
 does it, answers one JSON line and exits. A process is used once, so the
 validation gate always loads the new version in a fresh process, and export
@@ -34,6 +34,7 @@ from workbench.background import (
     IDLE_CPUS_NEEDED,
     check_priority,
     free_cpus,
+    lower_priority,
     resolve_priority,
     runs_idle,
     stepping_aside,
@@ -43,20 +44,20 @@ from workbench.errors import CheckpointError, RegistryError, ValidationError
 log = logging.getLogger("workbench.registry")
 
 IDLE_EXIT_S = 900
+SPARE_IMPORT_WAIT_S = 60  # the next spare starts once the one before is ready, or after this long
 # An idle-policy worker still waiting after STARVED_AFTER_S is checked every STARVED_TICK_S for starvation.
 STARVED_AFTER_S = 1.0
 STARVED_TICK_S = 0.5
 _RESULT = "@@workbench-worker-result "
-# The worker lowers its priority before it imports anything heavy (``WORKBENCH_PROMOTE_PRIORITY``, resolved by the
-# caller and passed as argv[1]): an export, a validation or a spare worker's framework import competes with serving
-# traffic for the CPUs, and on a small machine a promote at full priority raised the p99 latency of the models being
-# served ~3x while it ran, ~2x at niceness 10, ~1.5-1.8x under the idle policy (bench/serve_hotswap). On an idle
-# machine the idle policy costs a promote ~0.1 s.
+# The caller lowers a worker's priority (``WORKBENCH_PROMOTE_PRIORITY``) as soon as the process exists, before its
+# interpreter starts: an export, a validation or a spare worker's framework import competes with serving traffic
+# for the CPUs, and on a small machine a promote at full priority raised the p99 latency of the models being served
+# ~3x while it ran, ~2x at niceness 10, ~1.5-1.8x under the idle policy (bench/serve_hotswap). Lowered by the
+# worker itself, after its interpreter had started and imported workbench, two spares starting at once still
+# doubled that p99 for 0.5 s. On an idle machine the idle policy costs a promote ~0.1 s.
 _BOOT = """import sys
-from workbench.background import lower_priority
-lower_priority(sys.argv[1])
 from workbench.registry.worker import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[1:]))
 """
 _READY = "@@workbench-worker-ready"
 
@@ -151,7 +152,9 @@ class _Starved(Exception):
 class _Worker:
     def __init__(self, framework: str, python: str | None, spare: bool = False, priority: str | None = None):
         """``priority``: as :func:`~workbench.background.resolve_priority` answers; None: resolve the setting now."""
-        self.ready = False
+        self.ready = False  # it said it has imported its framework (whoever read that line set this)
+        self.taken = False  # handed out by the pool: only its caller reads from it now
+        self._reading = threading.RLock()  # one reader of its stdout at a time (the pool's starter thread, a caller)
         if priority is None:
             try:
                 priority = resolve_priority(settings.PROMOTE_PRIORITY.get())
@@ -163,22 +166,27 @@ class _Worker:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
-            [python or sys.executable, "-c", _BOOT, priority, framework, *(["--spare"] if spare else [])],
+            [python or sys.executable, "-c", _BOOT, framework, *(["--spare"] if spare else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             env=env,
             bufsize=0,
         )
+        lower_priority(priority, self.proc.pid)  # Popen returns once the child has exec'd, before Python starts
         self._pending = b""  # read from stdout, not yet a whole line
 
     def usable(self) -> bool:
         return self.proc.poll() is None
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait until the worker has imported its framework (it says so on stdout before it reads a request)."""
-        if not self.ready:
-            self.ready = self._readline(time.monotonic() + timeout) == _READY
+        """Wait until the worker has imported its framework (it says so on stdout before it reads a request), or
+        until it is taken (its caller reads from then on)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and not self.taken and self.proc.poll() is None and time.monotonic() < deadline:
+            with self._reading:  # in short turns, so that a caller that took it does not wait for this one
+                if not self.ready and not self.taken:
+                    self._readline(min(deadline, time.monotonic() + 0.1))
         return self.ready
 
     def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -241,20 +249,25 @@ class _Worker:
         return cpu
 
     def _readline(self, deadline: float) -> str | None:
-        """The next line of the worker's stdout; "" at its end; None at ``deadline``. Unbuffered, so that select
-        never waits on a line already read."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._pending:
-            readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not readable:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
+        """The next line of the worker's stdout; "" at its end (or once discarded); None at ``deadline``.
+        Unbuffered, so that select never waits on a line already read."""
+        with self._reading:
+            if self.proc.stdout is None or self.proc.stdout.closed:
                 return ""
-            self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
-        return line.decode(errors="replace").strip()
+            fd = self.proc.stdout.fileno()
+            while b"\n" not in self._pending:
+                readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not readable:
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return ""
+                self._pending += chunk
+            line, self._pending = self._pending.split(b"\n", 1)
+        text = line.decode(errors="replace").strip()
+        if text == _READY:
+            self.ready = True
+        return text
 
     def log_tail(self, n: int = 3000) -> str:
         self.log.seek(0)
@@ -264,24 +277,38 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
+        with self._reading:  # a reader waiting on its stdout got the end of it, once killed
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
         self.log.close()
 
 
+Key = tuple[str, str, str | None]  # (role, framework, interpreter)
+
+
 class WorkerPool:
-    """Hands out one-shot workers; keeps one spare per (role, framework, interpreter) when warm workers are on."""
+    """Hands out one-shot workers; keeps one spare per (role, framework, interpreter) when warm workers are on.
+
+    Spares start one at a time, each once the one before has imported its framework: two importing TensorFlow at
+    once, even under the idle policy, doubled the p99 latency of a model served beside them for about a second,
+    where one alone left it as it was (bench/serve_hotswap's promote windows end with the spares' start)."""
 
     def __init__(self) -> None:
-        self._spares: dict[tuple[str, str, str | None], _Worker] = {}
+        self._spares: dict[Key, _Worker] = {}
+        self._queued: list[Key] = []  # spares to start once the one importing now is ready
+        self._starter: threading.Thread | None = None  # waits for that one, then starts the next
         self._lock = threading.Lock()
         self._exit_hook = False
 
     def take(self, role: str, framework: str, python: str | None) -> _Worker:
+        key = (role, framework, python)
         with self._lock:
-            spare = self._spares.pop((role, framework, python), None)
+            spare = self._spares.pop(key, None)
+            if key in self._queued:
+                self._queued.remove(key)  # needed now: started below, at once
         if spare is not None and spare.usable():
+            spare.taken = True
             if not self._starved(spare):
                 return spare
             spare.discard()  # idle-policy on CPUs that are busy now: it would hardly run; a fresh one runs niced
@@ -299,27 +326,50 @@ class WorkerPool:
         return free is not None and free < IDLE_CPUS_NEEDED
 
     def replenish(self, role: str, framework: str, python: str | None) -> None:
+        """Start a spare for ``role`` if there is none: now, or once the spare importing now is ready."""
         if settings.PROMOTE_WARM.get() in ("0", "false", "no"):
             return
+        key = (role, framework, python)
         with self._lock:
             if not self._exit_hook:
                 atexit.register(self.shutdown)  # idle workers would exit anyway; this reaps them cleanly
                 self._exit_hook = True
-            key = (role, framework, python)
-            if key not in self._spares or not self._spares[key].usable():
-                self._spares[key] = _Worker(framework, python, spare=True)
+            spare = self._spares.get(key)
+            if (spare is not None and spare.usable()) or key in self._queued:
+                return
+            if self._starter is not None:
+                self._queued.append(key)
+                return
+            first = self._spares[key] = _Worker(framework, python, spare=True)
+            self._starter = threading.Thread(target=self._start_queued, args=(first,), name="spares", daemon=True)
+            self._starter.start()
+
+    def _start_queued(self, importing: _Worker) -> None:
+        while True:
+            importing.wait_ready(SPARE_IMPORT_WAIT_S)
+            with self._lock:
+                if not self._queued:
+                    self._starter = None
+                    return
+                key = self._queued.pop(0)
+                importing = self._spares[key] = _Worker(key[1], key[2], spare=True)
 
     def wait_warm(self, timeout: float = 120) -> bool:
         """Wait until every idle worker has imported its framework (benchmarks use it to time warm promotes)."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            spares = list(self._spares.values())
-        return all(w.wait_ready(max(0.0, deadline - time.monotonic())) for w in spares)
+        while True:
+            with self._lock:
+                starter, spares = self._starter, list(self._spares.values())
+            if starter is None:
+                return all(w.wait_ready(max(0.0, deadline - time.monotonic())) for w in spares)
+            starter.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                return False
 
     def shutdown(self) -> None:
         """Stop the idle workers (they also exit on their own when this process ends)."""
         with self._lock:
-            spares, self._spares = list(self._spares.values()), {}
+            spares, self._spares, self._queued = list(self._spares.values()), {}, []
         for w in spares:
             w.discard()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import settings
-from workbench.background import stepping_aside
+from workbench.background import on_low_priority_thread, stepping_aside
 from workbench.errors import WorkbenchError
 from workbench.registry import frameworks
 from workbench.registry.frameworks.base import Framework, Runtime
@@ -358,7 +358,8 @@ class ModelRepository:
         fw_name = _framework_of(path, data.get("versions", {}).get(str(version), {}))
         framework = frameworks.get_framework(fw_name)
         self.settle(framework)
-        with nullcontext() if alone else self._yielding():
+
+        def load() -> Runtime:
             runtime = framework.load(path)
             try:
                 for rows in sorted({min(b, self.max_batch) for b in self.warmup_batches}):
@@ -367,6 +368,16 @@ class ModelRepository:
             except Exception:
                 runtime.close()
                 raise
+            return runtime
+
+        if not alone:
+            with self._yielding():
+                runtime = load()
+        elif framework.loads_without_new_threads:
+            # Other worker processes serve every client meanwhile: load flat out, but only on CPU time they leave.
+            runtime = on_low_priority_thread(load)
+        else:
+            runtime = load()
         lab = labels(name, version)
         batcher = Batcher(
             runtime.predict,

@@ -32,6 +32,7 @@ SIGNATURE_KEY = "serving_default"
 class TensorFlow(Framework):
     name = "tensorflow"
     format = "tf_saved_model"
+    loads_without_new_threads = True  # TF's thread pools start with its first use (prepare/warm_up); checked
 
     def prepare(self) -> None:
         import keras  # noqa: F401
