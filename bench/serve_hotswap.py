@@ -1,6 +1,7 @@
 """Hot swap under load: failures, and the latency of a second model served beside the one being swapped.
 
-``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--rate R] [--mode promote|publish|both]``
+``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--rate R] [--mode promote|publish|both]
+[--workers N] [--own-session]``
 
 One ``workbench serve`` process serves two LeNet-5 models: "lenet", which
 gets new versions, and "steady", which does not. Both get load for the whole
@@ -17,6 +18,11 @@ the machine's load (it is shared) out of the comparison. Modes:
   swaps in the version);
 - publish: an already exported version published into ``models/lenet/``
   (the server's share of a promote alone).
+
+Where Linux groups processes by session for scheduling (autogroups), the promote's workers (started from this
+process's session) rank below the server's threads only when the server shares that session, as here by default;
+``--own-session`` starts the server in a session of its own, as ``workbench up`` does (the notebook kernel that
+promotes runs in yet another).
 
 Printed: failed requests (goal 0), and p50/p99 of each model in quiet and swap
 windows; "steady"'s p99 in swap windows / quiet windows (goal <= 1.5x).
@@ -60,6 +66,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
     p.add_argument("--rate", type=float, default=0, help="open loop: requests/s to each model (0: closed loop)")
     p.add_argument("--workers", help="the server's worker processes (default: its own default)")
+    p.add_argument(
+        "--own-session",
+        action="store_true",
+        help="start the server in a session of its own, as `workbench up` does (default: this one's, with the promotes)",
+    )
     a, _ = p.parse_known_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="serve-hotswap-"))
     ws = tmp / "workspace"
@@ -78,7 +89,7 @@ def main(argv: list[str]) -> int:
     build_lenet().save(ckpt)
     for name in ("lenet", "steady"):
         wb.promote(None, model=name, checkpoint=ckpt, framework="tensorflow", wait=0)
-    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers)
+    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers, a.own_session)
     os.environ["WORKBENCH_SERVER_URL"] = url
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()
@@ -137,7 +148,8 @@ def main(argv: list[str]) -> int:
         if a.rate
         else f"{a.concurrency} connections each (closed loop)"
     )
-    print(f"\ntwo LeNet-5 models in one server, {load}, {os.cpu_count()} CPUs (shared)")
+    session = "a session of its own" if a.own_session else "the promoting process's session"
+    print(f"\ntwo LeNet-5 models in one server ({session}), {load}, {os.cpu_count()} CPUs (shared)")
     print(f"{'window':<10} {'seconds':>7}   {'lenet p50':>9} {'p99':>7}   {'steady p50':>10} {'p99':>7}   swap s")
     for kind, spans in windows.items():
         total = sum(b - a_ for a_, b in spans)

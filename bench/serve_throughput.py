@@ -151,8 +151,11 @@ def load_level(url: str, body: bytes, c: int, duration: float, server_pid: int |
     return out
 
 
-def start_workbench(workspace: Path, log: Path, workers: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """``workbench serve`` over ``workspace``, with its default number of worker processes or ``workers``."""
+def start_workbench(
+    workspace: Path, log: Path, workers: str | None = None, own_session: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``workbench serve`` over ``workspace``, with its default number of worker processes or ``workers``;
+    ``own_session``: in a session of its own, as ``workbench up`` starts it."""
     port = free_ports(1)[0]
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
     with open(log, "wb") as f:
@@ -170,6 +173,7 @@ def start_workbench(workspace: Path, log: Path, workers: str | None = None) -> t
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
+            start_new_session=own_session,
         )
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/v2/models/lenet/ready", proc)
