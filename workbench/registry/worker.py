@@ -340,7 +340,7 @@ class WorkerPool:
             if self._starter is not None:
                 self._queued.append(key)
                 return
-            first = self._spares[key] = _Worker(framework, python, spare=True)
+            first = self._spawn(key)
             self._starter = threading.Thread(target=self._start_queued, args=(first,), name="spares", daemon=True)
             self._starter.start()
 
@@ -351,8 +351,12 @@ class WorkerPool:
                 if not self._queued:
                     self._starter = None
                     return
-                key = self._queued.pop(0)
-                importing = self._spares[key] = _Worker(key[1], key[2], spare=True)
+                importing = self._spawn(self._queued.pop(0))
+
+    def _spawn(self, key: Key) -> _Worker:
+        """Start the spare for ``key`` (with the lock held)."""
+        self._spares[key] = spare = _Worker(key[1], key[2], spare=True)
+        return spare
 
     def wait_warm(self, timeout: float = 120) -> bool:
         """Wait until every idle worker has imported its framework (benchmarks use it to time warm promotes)."""
