@@ -4,9 +4,14 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        # The model server's predict-body decoder. Optional: without a C compiler workbench installs and the
-        # server decodes in Python (workbench.serving.fastjson), about 40 us slower per 28x28 image.
-        Extension("workbench.serving._native", ["workbench/serving/_native.c"], optional=True,
-                  extra_compile_args=["-O2"]),
+        # The model server's predict-body decoder and native front end. Optional: without a C compiler workbench
+        # installs, and the server serves every request in Python (workbench.serving.http, .fastjson), slower.
+        Extension(
+            "workbench.serving._native",
+            ["workbench/serving/_native.c", "workbench/serving/_frontend.c"],
+            depends=["workbench/serving/_decode.h"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ],
 )

@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# The model server's C decoder (setup.py) is built by pip: a C compiler and Python's headers, from apt if missing.
+# The model server's C decoder and front end (setup.py) are built by pip: a C compiler and Python's headers, from apt if missing.
 if ! command -v cc >/dev/null || [ ! -e "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
   echo "installing a C compiler and Python's headers with apt-get"
   apt-get update -qq && apt-get install -y -qq gcc python3-dev >/dev/null \
@@ -24,7 +24,7 @@ if ! command -v cc >/dev/null || [ ! -e "$("$PY" -c 'import sysconfig; print(sys
 fi
 
 stamp=.venv/.workbench-setup
-want=$(cat pyproject.toml setup.py scripts/setup.sh workbench/serving/_native.c | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py scripts/setup.sh workbench/serving/_native.c workbench/serving/_frontend.c workbench/serving/_decode.h | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip

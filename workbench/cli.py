@@ -203,6 +203,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_wait_ms=a.max_wait_ms,
         log_sample=a.log_sample,
         workers=a.workers,
+        native=a.native,
     )
 
 
@@ -287,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-wait-ms", type=float, help="ms a batch waits for more requests (WORKBENCH_SERVE_MAX_WAIT_MS)")
     s.add_argument("--log-sample", type=float, help="fraction of predictions logged (WORKBENCH_SERVE_LOG_SAMPLE)")
     s.add_argument("--workers", help="server processes on the port: a number or auto (WORKBENCH_SERVE_WORKERS)")
+    s.add_argument(
+        "--native", choices=["auto", "off"], help="predict requests answered in C: auto or off (WORKBENCH_SERVE_NATIVE)"
+    )
     s.set_defaults(fn=cmd_serve)
     return p
 

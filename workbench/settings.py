@@ -57,7 +57,21 @@ PROMOTE_PRIORITY = Setting(
     "export/validation workers: 'idle' (run only on free CPUs), a niceness to add, or 'auto' (idle while >= half a CPU is free, within the cgroup's CPU limit if any, else nice 10)",
 )
 SERVE_WORKERS = Setting(
-    "WORKBENCH_SERVE_WORKERS", "auto", "model server processes on the port (auto: 2 with 2+ CPUs, else 1)"
+    "WORKBENCH_SERVE_WORKERS",
+    "auto",
+    "model server processes on the port (auto: 1 where the native front end serves, else 2 with 2+ CPUs)",
+)
+SERVE_NATIVE = Setting(
+    "WORKBENCH_SERVE_NATIVE",
+    "auto",
+    "predict requests answered by the C front end: 'auto' (where it is built, with one server process and no "
+    "prediction log), or 'off' (every request in Python)",
+)
+SERVE_GATHER_US = Setting(
+    "WORKBENCH_SERVE_GATHER_US",
+    "150",
+    "native front end: while other clients are connected, a batch waits for more requests as long as each comes "
+    "within this many us of the one before (up to 2 ms; 0: only those queued)",
 )
 SERVE_PRELOAD = Setting(
     "WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)"

@@ -76,9 +76,10 @@ def error(status: int, message: str) -> Response:
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, hands them to the handler in order, writes the answers."""
 
-    def __init__(self, server: HTTPServer, adopted: bool = False):
+    def __init__(self, server: HTTPServer, adopted: bool = False, first: bytes = b""):
         self.server = server
-        self.adopted = adopted  # handed over by another worker process (see workbench.serving.workers.Balancer)
+        self.adopted = adopted  # handed over (by another worker process, workers.Balancer, or the native front end)
+        self.first = first  # bytes already read from it by whoever handed it over
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -112,6 +113,9 @@ class _Connection(asyncio.Protocol):
         if balancer is not None:
             balancer.count(len(self.server.connections))
         self._arm_idle()
+        if self.first:
+            first, self.first = self.first, b""
+            self.data_received(first)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -317,12 +321,15 @@ class HTTPServer:
         )
         return int(self._server.sockets[0].getsockname()[1])
 
-    def adopt(self, fd: int) -> None:
-        """Serve a connection accepted by another worker process (its socket's file descriptor)."""
+    def adopt(self, fd: int, data: bytes = b"") -> None:
+        """Serve a connection accepted elsewhere (its socket's file descriptor): by another worker process, or by
+        the native front end, which passes on what it read from it (``data``)."""
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         assert self.loop is not None
-        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: _Connection(self, adopted=True), sock))
+        task = self.loop.create_task(
+            self.loop.connect_accepted_socket(lambda: _Connection(self, adopted=True, first=data), sock)
+        )
         task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or sock.close())
 
     def pass_idle(self) -> None:

@@ -117,6 +117,15 @@ class ServerMetrics:
         self.log_dropped = Counter(
             "workbench_prediction_log_dropped_total", "Sampled predictions not logged (queue full)."
         )
+        self.native_answered = Counter(
+            "workbench_native_answered_total", "Predict requests the native front end answered."
+        )
+        self.native_handed_off = Counter(
+            "workbench_native_handed_off_total", "Connections the native front end passed to the Python server."
+        )
+        self.native_open = Counter(
+            "workbench_native_connections", "Client connections the native front end holds.", "gauge"
+        )
 
     def _parts(self) -> tuple[Counter | Histogram, ...]:
         return (
@@ -128,6 +137,9 @@ class ServerMetrics:
             self.load_failures,
             self.load_seconds,
             self.log_dropped,
+            self.native_answered,
+            self.native_handed_off,
+            self.native_open,
         )
 
     def _per_request(self) -> tuple[Counter | Histogram, ...]:

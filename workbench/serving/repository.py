@@ -44,6 +44,8 @@ from workbench.serving.metrics import ServerMetrics, labels
 from workbench.workspace import Workspace, read_json
 
 if TYPE_CHECKING:
+    from workbench.serving.native import Lane, NativeFrontend
+    from workbench.serving.predlog import PredictionLog
     from workbench.serving.workers import Balancer, Peers
 
 log = logging.getLogger("workbench.serving")
@@ -59,13 +61,14 @@ class Unavailable(WorkbenchError):
 
 @dataclass
 class Servable:
-    """One loaded model version and its batcher."""
+    """One loaded model version, its batcher, and its lane in the native front end (if it serves this model)."""
 
     model: str
     version: int
     framework: str
     runtime: Runtime
     batcher: Batcher
+    lane: Lane | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -75,9 +78,13 @@ class Servable:
     def retire(self) -> None:
         """Stop after the queued requests have run, then free the model (in the background)."""
         self.batcher.close()
+        if self.lane is not None:
+            self.lane.close()
 
         def finish() -> None:
             self.batcher.join(60)
+            if self.lane is not None:
+                self.lane.join(60)
             self.runtime.close()
 
         threading.Thread(target=finish, name=f"retire-{self.model}-{self.version}", daemon=True).start()
@@ -164,6 +171,10 @@ class ModelRepository:
         self.warmup_batches = warmup_batches
         self.peers = peers  # the other worker processes of this server, if any
         self.balancer: Balancer | None = None  # moves connections between those (set once this worker serves)
+        self.native: NativeFrontend | None = None  # serves the common predict requests in C, if set before start()
+        self.gather = 0.0  # native lanes: s a batch waits for more while requests keep coming (see native.Lane)
+        self.prediction_log: PredictionLog | None = None  # where native lanes log their sample of predictions
+        self.log_sample = 0.0
         self.ready = threading.Event()  # set after the first scan
         self.last_request = float("-inf")  # time.monotonic() of the latest predict (see _yielding)
         self._models: dict[str, ModelState] = {}
@@ -386,11 +397,41 @@ class ModelRepository:
             name=f"batch-{name}-{version}",
             on_batch=lambda n: self.metrics.batch_size.observe(lab, n),
         )
+        lane = self._lane(name, version, runtime)
         seconds = time.perf_counter() - t0
         self.metrics.load_seconds.observe(labels(name), seconds)
         self.metrics.loaded.set(lab, 1)
         log.info("model %s version %s loaded and warmed up in %.2f s", name, version, seconds)
-        return Servable(name, version, fw_name, runtime, batcher)
+        return Servable(name, version, fw_name, runtime, batcher, lane)
+
+    def _lane(self, name: str, version: int, runtime: Runtime) -> Lane | None:
+        """The version's queue and batch thread in the native front end, where it can serve this model."""
+        if self.native is None:
+            return None
+        from workbench.serving import native
+
+        shape = native.plan(runtime.signature)
+        if shape is None:
+            log.info("model %s version %s: its signature is served by the Python path only", name, version)
+            return None
+
+        def stamp() -> None:
+            self.last_request = time.monotonic()
+
+        return native.Lane(
+            name,
+            version,
+            runtime.signature,
+            runtime.predict,
+            shape,
+            max_batch=self.max_batch,
+            max_wait=self.max_wait,
+            metrics=self.metrics,
+            gather=self.gather,
+            on_batch=stamp,
+            prediction_log=self.prediction_log,
+            log_sample=self.log_sample,
+        )
 
     def _yielding(self) -> Any:
         """Load in slices while requests are coming in (any in the last second), so that they keep their latency.
@@ -434,6 +475,8 @@ class ModelRepository:
         else:
             models[name] = state
         self._models = models
+        if self.native is not None:
+            self.native.publish(models)
 
     def _drop(self, name: str) -> None:
         state = self._models[name]

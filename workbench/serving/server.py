@@ -13,9 +13,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from workbench import settings
+from workbench.errors import WorkbenchError
 from workbench.serving.app import ServerApp
 from workbench.serving.http import HTTPServer
 from workbench.serving.metrics import ServerMetrics
+from workbench.serving.native import NativeFrontend
 from workbench.serving.predlog import PredictionLog, db_path
 from workbench.serving.repository import ModelRepository
 from workbench.serving.workers import Balancer, PeerApp, Peers, parse_workers, supervise
@@ -34,10 +36,12 @@ def serve(
     log_sample: float | None = None,
     max_body_mb: float | None = None,
     workers: int | str | None = None,
+    native: str | None = None,
 ) -> int:
     """Serve every model in ``workspace/models`` on ``host:port``; blocks; returns an exit code. Unset options come
     from settings. ``workers`` > 1 (or "auto", the default: see :func:`workbench.serving.workers.auto_workers`):
-    that many server processes on the port (:mod:`workbench.serving.workers`)."""
+    that many server processes on the port (:mod:`workbench.serving.workers`). ``native`` "auto" (the default)
+    or "off": whether the C front end answers the common predict requests (:mod:`workbench.serving.native`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ws = (workspace or Workspace.current()).ensure()
     options = {
@@ -50,11 +54,40 @@ def serve(
         "log_sample": log_sample if log_sample is not None else float(settings.SERVE_LOG_SAMPLE.get()),
         "max_body_mb": max_body_mb or float(settings.SERVE_MAX_BODY_MB.get()),
     }
-    count = parse_workers(workers if workers is not None else settings.SERVE_WORKERS.get())
+    options["native"] = _native_wanted(native or settings.SERVE_NATIVE.get(), options)
+    count = parse_workers(workers if workers is not None else settings.SERVE_WORKERS.get(), options["native"])
     if count > 1:
+        if options["native"]:
+            logging.getLogger("workbench.serving").info(
+                "%d server processes: every request is served in Python (the native front end serves with one)", count
+            )
+        options["native"] = False
         return supervise(count, host, port, ws.root, options)
     run_worker(ws, options)
     return 0
+
+
+def _native_wanted(choice: str, options: dict[str, Any]) -> bool:
+    from workbench.serving import native
+
+    choice = str(choice).strip().lower()
+    if choice not in ("auto", "off"):
+        raise WorkbenchError(f"native must be 'auto' or 'off', got {choice!r}")
+    if choice == "off":
+        return False
+    log = logging.getLogger("workbench.serving")
+    if not native.available():
+        log.info("the native front end is not built (no C compiler at install): every request is served in Python")
+        return False
+    return True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, as asyncio would make it (SO_REUSEADDR, non-blocking)."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock.setblocking(False)
+    return sock
 
 
 def run_worker(
@@ -83,11 +116,19 @@ def run_worker(
     max_body = int(float(options["max_body_mb"]) * 1024 * 1024)
     app = ServerApp(repo, metrics, predlog, sample, peers=peers)
     preload = settings.SERVE_PRELOAD.get()
-    repo.start(prepare=lambda: _preload(repo, preload))
     server = HTTPServer(app, max_body=max_body, keep_alive=60)
+    frontend = None
+    if peers is None and options.get("native"):
+        frontend = NativeFrontend(
+            _listen(options["host"], int(options["port"])), server, max_body=max_body, keep_alive=60
+        )
+        repo.native = frontend  # before the first scan, so that every version loaded gets its lane
+        repo.gather = float(settings.SERVE_GATHER_US.get()) / 1e6
+        repo.prediction_log, repo.log_sample = predlog, sample
+    repo.start(prepare=lambda: _preload(repo, preload))
     try:
         if peers is None:
-            _run(_serve_until_signal(server, str(ws.models), options["host"], int(options["port"])))
+            _run(_serve_until_signal(server, str(ws.models), options["host"], int(options["port"]), frontend=frontend))
         else:
             private = HTTPServer(PeerApp(repo, metrics))
             # A worker started in place of one that died takes connections only once it serves what the others do.
@@ -135,6 +176,7 @@ async def _serve_until_signal(
     ready: threading.Event | None = None,
     peers: Peers | None = None,
     repo: ModelRepository | None = None,
+    frontend: NativeFrontend | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,7 +192,12 @@ async def _serve_until_signal(
         balancer.start(server)
         if repo is not None:
             repo.balancer = balancer
-    port = await server.start(host, port, sock=sock)
+    if frontend is not None:
+        server.loop = loop  # (it only takes the connections the front end hands over)
+        frontend.start()
+        port = int(frontend.sock.getsockname()[1])
+    else:
+        port = await server.start(host, port, sock=sock)
     if sock is None:
         print(f"serving models from {models} on http://{host}:{port}", flush=True)
     elif peers is not None:
@@ -158,7 +205,10 @@ async def _serve_until_signal(
             "worker process %d (pid %d) takes connections", peers.index, os.getpid()
         )
     await stop.wait()
-    await server.shutdown(grace=10)
+    if frontend is not None:
+        await asyncio.gather(loop.run_in_executor(None, frontend.stop, 10.0), server.shutdown(grace=10))
+    else:
+        await server.shutdown(grace=10)
     if private is not None:
         await private.shutdown(grace=1)
 

@@ -66,14 +66,17 @@ def usable_cpus() -> float:
     return min(cpus, quota.cpus) if quota is not None else cpus
 
 
-def auto_workers() -> int:
-    """``--workers auto``: 2 where this process may use 2 CPUs or more, else 1."""
+def auto_workers(native: bool = False) -> int:
+    """``--workers auto``: 1 where the native front end serves (its request path holds no GIL, and one process
+    batches every client's rows together), else 2 where this process may use 2 CPUs or more, else 1."""
+    if native:
+        return 1
     return 2 if usable_cpus() >= 2 else 1
 
 
-def parse_workers(text: str | int) -> int:
+def parse_workers(text: str | int, native: bool = False) -> int:
     if str(text).strip().lower() == "auto":
-        return auto_workers()
+        return auto_workers(native)
     try:
         n = int(text)
     except ValueError:
