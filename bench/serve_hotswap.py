@@ -1,7 +1,7 @@
 """Hot swap under load: failures, and the latency of a second model served beside the one being swapped.
 
 ``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--rate R] [--mode promote|publish|both]
-[--workers N] [--own-session]``
+[--workers N] [--native auto|off] [--own-session]``
 
 One ``workbench serve`` process serves two LeNet-5 models: "lenet", which
 gets new versions, and "steady", which does not. Both get load for the whole
@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
     p.add_argument("--rate", type=float, default=0, help="open loop: requests/s to each model (0: closed loop)")
     p.add_argument("--workers", help="the server's worker processes (default: its own default)")
+    p.add_argument("--native", choices=["auto", "off"], help="the server's native front end (default: its default)")
     p.add_argument(
         "--own-session",
         action="store_true",
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
     build_lenet().save(ckpt)
     for name in ("lenet", "steady"):
         wb.promote(None, model=name, checkpoint=ckpt, framework="tensorflow", wait=0)
-    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers, a.own_session)
+    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers, a.own_session, a.native)
     os.environ["WORKBENCH_SERVER_URL"] = url
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
     body = json.dumps({"instances": x.tolist()}).encode()

@@ -7,8 +7,10 @@ Against the same SavedModel (LeNet-5, exported by ``workbench.promote``):
 - in-process: the limit. The model's serving function called directly with
   batches of ``c`` rows (what perfect batching of ``c`` concurrent requests
   gives); a request's latency is one call;
-- workbench: ``workbench serve`` (one process), TF Serving REST (row format)
-  and KServe V2, one instance per request, ``c`` keep-alive connections;
+- workbench: ``workbench serve`` (its defaults: the native front end, one
+  process), TF Serving REST (row format) and KServe V2, one instance per
+  request, ``c`` keep-alive connections; and REST on the Python request path
+  (``--native off``, two processes) beside it, unless ``--no-python-path``;
 - MLServer (PyPI ``mlserver``, from ``.venv-mlserver``: ``bash
   bench/setup_mlserver.sh``) serving the SavedModel through a custom runtime
   with its adaptive batching (max batch 64), over V2.
@@ -17,9 +19,11 @@ In-process, REST and V2 are measured in alternating rounds at each level
 (the workbench server stays up, idle, while the in-process side runs), so
 that drift in a shared machine's load hits all three alike; the table shows
 each one's median round, and each round's ratio is printed too. MLServer runs
-after them. The load generator (``workbench.serving.loadgen``, asyncio, one
-thread) shares the machine with the server it measures. Goal: workbench >=
-0.6x the in-process limit, and ahead of MLServer.
+after them. The load generator (``workbench.serving.loadgen``) shares the
+machine with the server it measures: ``--client native`` (the default where
+the C extension is built) is its C closed loop, a few us of CPU per request;
+``--client python`` its asyncio one, 10-40 us. Goal: workbench >= 0.6x the
+in-process limit, and ahead of MLServer.
 
 ``--frameworks pytorch,mxnet`` (the default) adds their rows
 (``bench/_frameworks.py``): each framework's in-process limit, the same
@@ -133,6 +137,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) ->
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
+CLIENT = "python"  # the load generator (main sets it: --client)
+
+
 def load(url: str, body: bytes, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
     loadgen.run(url, body, 4, 1.0)  # warm-up
     return {c: load_level(url, body, c, duration) for c in levels}
@@ -142,7 +149,7 @@ def load_level(url: str, body: bytes, c: int, duration: float, server_pid: int |
     """The load generator at concurrency ``c``; with ``server_pid``, also the server's and the load generator's CPU
     time per request."""
     cpu = (_cpu_seconds(server_pid), _cpu_seconds()) if server_pid else None
-    r = loadgen.run(url, body, c, duration)
+    r = loadgen.run(url, body, c, duration, client=CLIENT)
     out = {"rps": r.throughput, "p50": r.percentile(50), "p99": r.percentile(99), "errors": r.errors}
     if cpu is not None:
         n = max(1, len(r.latencies))
@@ -152,10 +159,10 @@ def load_level(url: str, body: bytes, c: int, duration: float, server_pid: int |
 
 
 def start_workbench(
-    workspace: Path, log: Path, workers: str | None = None, own_session: bool = False
+    workspace: Path, log: Path, workers: str | None = None, own_session: bool = False, native: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``workbench serve`` over ``workspace``, with its default number of worker processes or ``workers``;
-    ``own_session``: in a session of its own, as ``workbench up`` starts it."""
+    """``workbench serve`` over ``workspace``, with its default number of worker processes or ``workers``, and
+    ``--native native`` if given; ``own_session``: in a session of its own, as ``workbench up`` starts it."""
     port = free_ports(1)[0]
     env = {**os.environ, "WORKBENCH_WORKSPACE": str(workspace)}
     with open(log, "wb") as f:
@@ -168,6 +175,7 @@ def start_workbench(
                 "--port",
                 str(port),
                 *(["--workers", workers] if workers else []),
+                *(["--native", native] if native else []),
             ],
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -266,7 +274,7 @@ def interleaved(
     v2_body: bytes,
     single: bool = True,
 ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, dict[int, list[float]]]]:
-    """In-process, workbench REST and V2 (and REST on a server with one process, unless ``single`` is False)
+    """In-process, workbench REST and V2 (and REST on the Python request path, unless ``single`` is False)
     measured in alternating rounds at each level, so that drift in the shared machine's load hits them alike; each
     target's round with the median throughput, and each round's ratio."""
     from workbench.registry.frameworks import get_framework
@@ -279,9 +287,9 @@ def interleaved(
         "workbench V2": (f"{url}/v2/models/lenet/infer", v2_body, proc.pid),
     }
     if single:
-        one, one_url = start_workbench(tmp / "workspace", tmp / "workbench-1.log", workers="1")
+        one, one_url = start_workbench(tmp / "workspace", tmp / "workbench-python.log", native="off")
         servers.append(one)
-        targets["workbench REST, 1 process"] = (f"{one_url}/v1/models/lenet:predict", rest_body, one.pid)
+        targets["workbench REST, Python path"] = (f"{one_url}/v1/models/lenet:predict", rest_body, one.pid)
     samples: dict[str, dict[int, list[dict[str, float]]]] = {"in-process (batched)": {c: [] for c in levels}}
     samples.update({name: {c: [] for c in levels} for name in targets})
     try:
@@ -328,9 +336,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of in-process, REST and V2 per level")
     p.add_argument("--no-mlserver", action="store_true")
     p.add_argument("--frameworks", default="pytorch,mxnet", help="rows for these beside TensorFlow ('' for none)")
-    p.add_argument("--no-single", action="store_true", help="skip the REST row of a server with one process")
+    p.add_argument("--no-python-path", action="store_true", help="skip the REST row of a server with --native off")
+    p.add_argument("--client", choices=["native", "python"], help="load generator (default: native where built)")
     a, _ = p.parse_known_args(argv)
     levels = [int(x) for x in a.levels.split(",")]
+    global CLIENT
+    CLIENT = a.client or ("native" if loadgen.native_available() else "python")
     os.environ.setdefault("WORKBENCH_PROMOTE_WARM", "0")  # no idle workers importing frameworks while we measure
     tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
     version_dir = export_lenet(tmp / "workspace")
@@ -341,7 +352,7 @@ def main(argv: list[str]) -> int:
     ).encode()
 
     results, ratios = interleaved(
-        version_dir, tmp, levels, a.duration, a.rounds, rest_body, v2_body, single=not a.no_single
+        version_dir, tmp, levels, a.duration, a.rounds, rest_body, v2_body, single=not a.no_python_path
     )
     from bench import _frameworks
 
@@ -358,7 +369,10 @@ def main(argv: list[str]) -> int:
         else:
             print("MLServer skipped: run `bash bench/setup_mlserver.sh` first")
 
-    print(f"\nLeNet-5, one 28x28 image per request, {a.duration:.0f} s per level, {os.cpu_count()} CPUs (shared)")
+    print(
+        f"\nLeNet-5, one 28x28 image per request, {a.duration:.0f} s per level, {os.cpu_count()} CPUs (shared), "
+        f"{CLIENT} load generator"
+    )
     print(f"{'target':<36}" + "".join(f"  c={c:<3} req/s  p50 ms  p99 ms  err" for c in levels))
     for name, by_c in results.items():
         print(

@@ -24,7 +24,7 @@ if ! command -v cc >/dev/null || [ ! -e "$("$PY" -c 'import sysconfig; print(sys
 fi
 
 stamp=.venv/.workbench-setup
-want=$(cat pyproject.toml setup.py scripts/setup.sh workbench/serving/_native.c workbench/serving/_frontend.c workbench/serving/_decode.h | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py scripts/setup.sh workbench/serving/_native.c workbench/serving/_frontend.c workbench/serving/_loadgen.c workbench/serving/_decode.h | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip

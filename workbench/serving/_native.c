@@ -293,11 +293,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "The model
                                     -1, methods};
 
 int frontend_add_to(PyObject *module); /* _frontend.c */
+int loadgen_add_to(PyObject *module);  /* _loadgen.c */
 
 PyMODINIT_FUNC PyInit__native(void) {
     decode_init();
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && frontend_add_to(m) < 0)
+    if (m != NULL && (frontend_add_to(m) < 0 || loadgen_add_to(m) < 0))
         Py_CLEAR(m);
     return m;
 }
