@@ -74,6 +74,17 @@ class Histogram:
             d[i] += 1
             d[-1] += value
 
+    def observe_many(self, labels: Labels, values: list[float]) -> None:
+        """``observe`` each of ``values`` (a batch's latencies), under one lock."""
+        where = [bisect.bisect_left(self.buckets, v) for v in values]
+        with self._lock:
+            d = self._data.get(labels)
+            if d is None:
+                d = self._data[labels] = [0.0] * (len(self.buckets) + 2)
+            for i in where:
+                d[i] += 1
+            d[-1] += sum(values)
+
     def snapshot(self) -> dict[Labels, list[float]]:
         with self._lock:
             return {k: list(v) for k, v in self._data.items()}

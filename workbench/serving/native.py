@@ -48,6 +48,7 @@ log = logging.getLogger("workbench.serving")
 _KINDS = {"float32": "f", "float64": "d", "int64": "q"}
 _OUTPUTS = {"float32", "int32", "int64"}
 _GATHER_CAP = 0.002  # the longest a batch waits for requests on their way (see Lane)
+_INLINE_MAX_S = 0.002  # a model call that takes longer never runs on the front end's thread
 
 
 def available() -> bool:
@@ -100,7 +101,9 @@ class Lane:
         self._fn, self._shape = fn, shape
         self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait)
         self._metrics = metrics
-        self.gather = gather
+        # Only a small batch waits for company: a model call's fixed cost dominates below a quarter of max_batch
+        # rows, while a bigger batch going at once lets the front end read the next one meanwhile.
+        self.gather, self.gather_rows = gather, max(1, self.max_batch // 4)
         self._on_batch = on_batch
         self._predlog, self._log_sample = prediction_log, log_sample
         self._labels = labels(model, version)
@@ -124,6 +127,7 @@ class Lane:
             input_datatype=v2.DATATYPES[str(shape["dtype"])],
             v2_prefix=prefix.decode(),
         )
+        self._inline_on = False  # see _serve
         self._thread = threading.Thread(target=self._run, name=f"native-{model}-{version}", daemon=True)
         self._thread.start()
 
@@ -136,7 +140,7 @@ class Lane:
 
     def _run(self) -> None:
         while True:
-            batch = self.slot.take(self.max_batch, self.max_wait, -1.0, self.gather, _GATHER_CAP)
+            batch = self.slot.take(self.max_batch, self.max_wait, -1.0, self.gather, _GATHER_CAP, self.gather_rows)
             if batch is None:
                 return
             if batch is False:
@@ -146,11 +150,19 @@ class Lane:
             except Exception:  # a bug of ours: every request still gets an answer (Batch's own 500 at worst)
                 log.exception("native batch of model %s version %s failed", self.model, self.version)
 
+    def _inline(self, batch: Any) -> None:
+        """A lone client's request, on the front end's thread (see Slot.set_inline)."""
+        try:
+            self._serve(batch)
+        except Exception:
+            log.exception("native request of model %s version %s failed", self.model, self.version)
+
     def _serve(self, batch: Any) -> None:
         if self._on_batch is not None:
             self._on_batch()
         x = np.frombuffer(batch, self._shape["dtype"]).reshape(batch.rows, *self._shape["row_shape"])
         sizes = batch.sizes
+        t0 = time.perf_counter()
         try:
             outputs = self._fn({self._shape["input"]: x})
         except Exception as e:
@@ -163,6 +175,12 @@ class Lane:
                 self._one(batch, i, x[start : start + rows])
                 start += rows
             return
+        # A lone client's request may run on the front end's thread, which serves nothing else meanwhile: only
+        # while the model answers quickly (it is first measured here, on this thread).
+        fast = time.perf_counter() - t0 < _INLINE_MAX_S
+        if fast != self._inline_on:
+            self._inline_on = fast
+            self.slot.set_inline(self._inline if fast else None)
         self._metrics.batch_size.observe(self._labels, batch.rows)
         self._answer(batch, x, outputs, 0, len(sizes))
 
@@ -238,9 +256,7 @@ class Lane:
             self._metrics.requests.inc(self._counted["v2"], v2_count)
         if len(formats) - v2_count:
             self._metrics.requests.inc(self._counted["rest"], len(formats) - v2_count)
-        observe = self._metrics.latency.observe
-        for seconds in latencies:
-            observe(self._labels, seconds)
+        self._metrics.latency.observe_many(self._labels, latencies)
 
 
 class NativeFrontend:
