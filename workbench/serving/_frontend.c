@@ -224,6 +224,7 @@ static int format_i64(int64_t v, char *out) {
 
 typedef struct Conn Conn;
 typedef struct Frontend Frontend;
+typedef struct Slot Slot;
 
 typedef struct Req {
     struct Req *next;
@@ -237,7 +238,7 @@ typedef struct Req {
     size_t id_len;
 } Req;
 
-typedef struct Slot {
+struct Slot {
     atomic_int refs;
     pthread_mutex_t lock;
     pthread_cond_t ready;
@@ -258,7 +259,7 @@ typedef struct Slot {
     int running;            /* a batch is out: taken by the lane's thread and not yet back for more, or inline */
     PyObject *inline_fn;    /* run(batch) on the front end's thread: for a lone client, no thread hand-offs */
     atomic_long *open;      /* the connections of the front end that routes here (set with the routes) */
-} Slot;
+};
 
 static void req_free(Req *r) {
     free(r->data);
@@ -319,11 +320,21 @@ struct Conn {
     Conn *prev, *next;   /* every open connection */
 };
 
+/* An answer on its way to its connection: whole response bytes, or output values this thread writes as JSON (so
+   that the model's thread spends no time on it). */
 typedef struct Done {
     struct Done *next;
     Conn *conn;
     char *bytes;
     size_t len;
+    char *values;  /* or: the request's rows of the output, packed */
+    Slot *slot;    /* (a reference, for its response head and V2 prefix) */
+    char fmt;      /* their type: 'f' float32, 'i' int32, 'q' int64 */
+    char format;   /* 'p', 'o' or 'v' as in Req */
+    int ndim;
+    ptrdiff_t shape[MAX_DEPTH];
+    char *id;      /* V2 "id" (moved from the Req) */
+    size_t id_len;
 } Done;
 
 typedef struct {
@@ -351,6 +362,7 @@ struct Frontend {
     pthread_mutex_t done_lock;
     Done *done_head, *done_tail;
     Conn *conns;
+    Buf scratch; /* an answer's body, while its head is written */
     atomic_long open, handed_off, served;
 };
 
@@ -889,6 +901,8 @@ static void conn_flush(Frontend *fe, Conn *c) {
 }
 
 /* An answer for c came back from a batch. */
+static int format_answer(Done *d, Buf *body, Buf *out);
+
 static void conn_done(Frontend *fe, Done *d) {
     Conn *c = d->conn;
     c->busy = 0;
@@ -897,7 +911,8 @@ static void conn_done(Frontend *fe, Done *d) {
         return;
     }
     atomic_fetch_add(&fe->served, 1);
-    if (!buf_add(&c->out, d->bytes, d->len)) {
+    int ok = d->values ? format_answer(d, &fe->scratch, &c->out) : buf_add(&c->out, d->bytes, d->len);
+    if (!ok) {
         conn_close(fe, c);
         return;
     }
@@ -941,6 +956,10 @@ static void take_done(Frontend *fe) {
         Done *next = d->next;
         conn_done(fe, d);
         free(d->bytes);
+        free(d->values);
+        free(d->id);
+        if (d->slot)
+            slot_unref(d->slot);
         free(d);
         d = next;
     }
@@ -1047,7 +1066,7 @@ static void deliver(Req **reqs, char **answers, size_t *lengths, Py_ssize_t n) {
         Req *r = reqs[i];
         if (r == NULL)
             continue;
-        Done *d = malloc(sizeof *d);
+        Done *d = calloc(1, sizeof *d);
         static const char oops[] = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
                                    "content-length: 46\r\n\r\n{\"error\":\"internal error: no answer was made\"}";
         if (d == NULL || (answers[i] == NULL && (answers[i] = strdup(oops)) == NULL)) {
@@ -1175,6 +1194,37 @@ static int write_rows(Buf *b, const char *values, char fmt, Py_ssize_t itemsize,
     return 1;
 }
 
+/* The JSON body of d's answer into `body`, and the whole response after `out`'s bytes. 0: out of memory. */
+static int format_answer(Done *d, Buf *body, Buf *out) {
+    Slot *s = d->slot;
+    Py_ssize_t itemsize = d->fmt == 'q' ? 8 : 4;
+    Py_ssize_t shape[MAX_DEPTH];
+    for (int i = 0; i < d->ndim; i++)
+        shape[i] = d->shape[i];
+    body->len = 0;
+    int ok;
+    if (d->format == 'v') {
+        char dims[32 * MAX_DEPTH];
+        int at = 0;
+        for (int i = 0; i < d->ndim; i++)
+            at += snprintf(dims + at, sizeof dims - (size_t)at, i ? ",%zd" : "%zd", shape[i]);
+        const char *dt = d->fmt == 'f' ? "FP32" : d->fmt == 'i' ? "INT32" : "INT64";
+        ok = buf_add(body, s->v2_open, strlen(s->v2_open)) && buf_add(body, "\"datatype\":\"", 12) &&
+             buf_add(body, dt, strlen(dt)) && buf_add(body, "\",\"shape\":[", 11) && buf_add(body, dims, (size_t)at) &&
+             buf_add(body, "],\"data\":", 9) && write_rows(body, d->values, d->fmt, itemsize, shape, d->ndim, 1) > 0 &&
+             buf_add(body, "}]", 2) && (!d->id || (buf_add(body, ",\"id\":", 6) && buf_add(body, d->id, d->id_len))) &&
+             buf_add(body, "}", 1);
+    } else {
+        const char *open = d->format == 'p' ? "{\"predictions\":" : "{\"outputs\":";
+        ok = buf_add(body, open, strlen(open)) && write_rows(body, d->values, d->fmt, itemsize, shape, d->ndim, 0) > 0 &&
+             buf_add(body, "}", 1);
+    }
+    char length[24];
+    int ll = snprintf(length, sizeof length, "%zu\r\n\r\n", body->len);
+    return ok && buf_add(out, s->head_ok, strlen(s->head_ok)) && buf_add(out, length, (size_t)ll) &&
+           buf_add(out, body->p, body->len);
+}
+
 static PyObject *batch_answer(BatchObject *b, PyObject *args) {
     PyObject *array;
     Py_ssize_t first = 0, count = -1, stop;
@@ -1206,102 +1256,83 @@ static PyObject *batch_answer(BatchObject *b, PyObject *args) {
     Py_ssize_t row_values = 1;
     for (int i = 1; i < view.ndim; i++)
         row_values *= view.shape[i];
-    Py_ssize_t n = stop - first;
-    char **answers = calloc((size_t)n + 1, sizeof *answers);
-    size_t *lengths = calloc((size_t)n + 1, sizeof *lengths);
-    PyObject *latencies = PyList_New(n);
-    double *lat = calloc((size_t)n + 1, sizeof *lat);
-    if (!answers || !lengths || !latencies || !lat) {
-        free(answers);
-        free(lengths);
-        free(lat);
-        Py_XDECREF(latencies);
+    if (row_values == 0) {
         PyBuffer_Release(&view);
-        return PyErr_NoMemory();
-    }
-    Slot *s = b->slot;
-    int bad = 0;
-    Py_BEGIN_ALLOW_THREADS
-    const char *values = view.buf;
-    Buf body = {0}, whole = {0};
-    for (Py_ssize_t i = 0; i < n && !bad; i++) {
-        Req *r = b->reqs[first + i];
-        if (r == NULL)
-            continue;
-        Py_ssize_t shape[MAX_DEPTH];
-        shape[0] = r->rows;
-        for (int d = 1; d < view.ndim; d++)
-            shape[d] = view.shape[d];
-        body.len = 0;
-        int ok;
-        if (r->format == 'v') {
-            char dims[32 * MAX_DEPTH];
-            int at = 0;
-            for (int d = 0; d < view.ndim; d++)
-                at += snprintf(dims + at, sizeof dims - (size_t)at, d ? ",%zd" : "%zd", shape[d]);
-            const char *dt = fmt == 'f' ? "FP32" : fmt == 'i' ? "INT32" : "INT64";
-            ok = buf_add(&body, s->v2_open, strlen(s->v2_open)) && buf_add(&body, "\"datatype\":\"", 12) &&
-                 buf_add(&body, dt, strlen(dt)) && buf_add(&body, "\",\"shape\":[", 11) &&
-                 buf_add(&body, dims, (size_t)at) && buf_add(&body, "],\"data\":", 9);
-            ok = ok ? write_rows(&body, values, fmt, view.itemsize, shape, view.ndim, 1) : 0;
-            ok = ok > 0 ? buf_add(&body, "}]", 2) : ok;
-            if (ok > 0 && r->id)
-                ok = buf_add(&body, ",\"id\":", 6) && buf_add(&body, r->id, r->id_len);
-            ok = ok > 0 ? buf_add(&body, "}", 1) : ok;
-        } else {
-            const char *open = r->format == 'p' ? "{\"predictions\":" : "{\"outputs\":";
-            ok = buf_add(&body, open, strlen(open));
-            ok = ok ? write_rows(&body, values, fmt, view.itemsize, shape, view.ndim, 0) : 0;
-            ok = ok > 0 ? buf_add(&body, "}", 1) : ok;
-        }
-        if (ok <= 0) {
-            bad = ok < 0 ? 2 : 1;
-            break;
-        }
-        char length[24];
-        int ll = snprintf(length, sizeof length, "%zu\r\n\r\n", body.len);
-        whole.p = NULL;
-        whole.len = whole.cap = 0;
-        if (!buf_add(&whole, s->head_ok, strlen(s->head_ok)) || !buf_add(&whole, length, (size_t)ll) ||
-            !buf_add(&whole, body.p, body.len)) {
-            free(whole.p);
-            bad = 1;
-            break;
-        }
-        answers[i] = whole.p;
-        lengths[i] = whole.len;
-        values += r->rows * row_values * view.itemsize;
-    }
-    free(body.p);
-    if (!bad) {
-        double t = now_s();
-        for (Py_ssize_t i = 0; i < n; i++)
-            lat[i] = b->reqs[first + i] ? t - b->reqs[first + i]->t0 : 0.0;
-        deliver(b->reqs + first, answers, lengths, n);
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    for (Py_ssize_t i = 0; i < n; i++)
-        free(answers[i]);
-    free(answers);
-    free(lengths);
-    if (bad) {
-        free(lat);
-        Py_DECREF(latencies);
-        if (bad == 2)
-            PyErr_SetString(PyExc_ValueError, "the model's outputs are not all finite numbers (NaN or infinity)");
-        else
-            PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, "the model's outputs are empty");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyList_SET_ITEM(latencies, i, PyFloat_FromDouble(lat[i]));
-        if (b->reqs[first + i]) {
-            req_free(b->reqs[first + i]);
-            b->reqs[first + i] = NULL;
+    if (fmt == 'f') {
+        const float *v = view.buf;
+        for (Py_ssize_t k = 0; k < rows * row_values; k++) {
+            if (!isfinite(v[k])) {
+                PyBuffer_Release(&view);
+                PyErr_SetString(PyExc_ValueError, "the model's outputs are not all finite numbers (NaN or infinity)");
+                return NULL;
+            }
         }
     }
-    free(lat);
+    Py_ssize_t n = stop - first;
+    PyObject *latencies = PyList_New(n);
+    if (latencies == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Slot *s = b->slot;
+    Done *head = NULL, *tail = NULL;
+    Frontend *fe = NULL;
+    double t = now_s();
+    const char *values = view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Req *r = b->reqs[first + i];
+        PyList_SET_ITEM(latencies, i, PyFloat_FromDouble(r ? t - r->t0 : 0.0));
+        if (r == NULL)
+            continue;
+        size_t nbytes = (size_t)(r->rows * row_values * view.itemsize);
+        Done *d = calloc(1, sizeof *d);
+        if (d != NULL && (d->values = malloc(nbytes)) == NULL) {
+            free(d);
+            d = NULL;
+        }
+        if (d == NULL) { /* out of memory: this client gets the generic 500 */
+            char *none = NULL;
+            size_t zero = 0;
+            deliver(&b->reqs[first + i], &none, &zero, 1);
+        } else {
+            memcpy(d->values, values, nbytes);
+            d->conn = r->conn;
+            d->slot = s;
+            atomic_fetch_add(&s->refs, 1);
+            d->fmt = fmt;
+            d->format = r->format;
+            d->ndim = view.ndim;
+            d->shape[0] = r->rows;
+            for (int k = 1; k < view.ndim; k++)
+                d->shape[k] = view.shape[k];
+            d->id = r->id;
+            d->id_len = r->id_len;
+            r->id = NULL;
+            if (tail)
+                tail->next = d;
+            else
+                head = d;
+            tail = d;
+            fe = r->fe;
+        }
+        values += nbytes;
+        req_free(r);
+        b->reqs[first + i] = NULL;
+    }
+    PyBuffer_Release(&view);
+    if (fe != NULL) {
+        pthread_mutex_lock(&fe->done_lock);
+        if (fe->done_tail)
+            fe->done_tail->next = head;
+        else
+            fe->done_head = head;
+        fe->done_tail = tail;
+        pthread_mutex_unlock(&fe->done_lock);
+        wake(fe);
+    }
     return latencies;
 }
 
@@ -1831,6 +1862,7 @@ static void frontend_dealloc(FrontendObject *self) {
         slot_unref(fe->routes[i].slot);
     }
     free(fe->routes);
+    free(fe->scratch.p);
     if (fe->epoll_fd > 0)
         close(fe->epoll_fd);
     if (fe->wake_fd > 0)
