@@ -316,6 +316,34 @@ def interleaved(
     return results, ratios
 
 
+DEFAULT_LIMIT = "in-process, TF default threads"
+
+
+def default_threads_limit(
+    version_dir: Path, levels: list[int], duration: float, env: dict[str, str]
+) -> dict[int, dict[str, float]]:
+    """The in-process limit with TensorFlow's own default thread pools, in a process of its own (its threads are
+    set at its first use), one round per level."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench._frameworks",
+            "in-process",
+            "tensorflow",
+            str(version_dir),
+            ",".join(map(str, levels)),
+            str(duration),
+        ],
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {int(c): m for c, m in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
 def print_cpu(results: dict[str, dict[int, dict[str, float]]], levels: list[int]) -> None:
     """Where the CPUs go, against what 0.6x of the limit leaves per request: all CPUs' time / (0.6 x limit's req/s)."""
     limit, cpus = results["in-process (batched)"], os.cpu_count() or 1
@@ -343,6 +371,13 @@ def main(argv: list[str]) -> int:
     global CLIENT
     CLIENT = a.client or ("native" if loadgen.native_available() else "python")
     os.environ.setdefault("WORKBENCH_PROMOTE_WARM", "0")  # no idle workers importing frameworks while we measure
+    # The limit runs TensorFlow as the server does: beside the native front end, with one CPU fewer intra-op threads
+    # (TensorFlow reads these before its first use). A row with TensorFlow's own default threads follows.
+    default_env = dict(os.environ)
+    from workbench.serving.workers import usable_cpus
+
+    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, int(usable_cpus()) - 1)))
     tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
     version_dir = export_lenet(tmp / "workspace")
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
@@ -356,6 +391,7 @@ def main(argv: list[str]) -> int:
     )
     from bench import _frameworks
 
+    results[DEFAULT_LIMIT] = default_threads_limit(version_dir, levels, a.duration, default_env)
     others = _frameworks.available([f for f in a.frameworks.split(",") if f])
     if others:
         results.update(_frameworks.rows(tmp / "workspace", others, levels, a.duration, rest_body))
@@ -381,6 +417,20 @@ def main(argv: list[str]) -> int:
                 f"  {by_c[c]['rps']:>9.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>4.0f}"
                 for c in levels
             )
+        )
+    best = {c: max(results["in-process (batched)"][c]["rps"], results[DEFAULT_LIMIT][c]["rps"]) for c in levels}
+    print(
+        f"in-process, {os.environ['TF_NUM_INTRAOP_THREADS']} intra-op thread(s) (as served) / TensorFlow's default "
+        "threads: "
+        + "  ".join(
+            f"c={c}: {results['in-process (batched)'][c]['rps'] / results[DEFAULT_LIMIT][c]['rps']:.2f}x"
+            for c in levels
+        )
+    )
+    for name in ("workbench REST", "workbench V2"):
+        print(
+            f"{name} / the faster in-process limit: "
+            + "  ".join(f"c={c}: {results[name][c]['rps'] / best[c]:.2f}x" for c in levels)
         )
     for name in [n for n in results if "in-process" not in n]:
         limit = results[_frameworks.limit_of(name, results)]
