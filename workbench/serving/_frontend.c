@@ -256,6 +256,9 @@ struct Slot {
     char *head_ok;          /* "HTTP/1.1 200 OK\r\n...x-model-version: N\r\ncontent-length: " */
     char *v2_open;          /* V2: {"model_name":...,"model_version":"N","outputs":[{"name":...,"datatype":...,"shape":[ */
     double last_put;        /* when the latest request was queued */
+    Py_ssize_t queued;      /* requests waiting */
+    int gathering;          /* the lane waits for more requests to join the batch it holds: */
+    Py_ssize_t gather_count, gather_rows, gather_limit; /* its requests and rows so far, and the rows it waits for */
     int running;            /* a batch is out: taken by the lane's thread and not yet back for more, or inline */
     PyObject *inline_fn;    /* run(batch) on the front end's thread: for a lone client, no thread hand-offs */
     atomic_long *open;      /* the connections of the front end that routes here (set with the routes) */
@@ -298,8 +301,17 @@ static int slot_put(Slot *s, Req *r) {
         s->head = r;
     s->tail = r;
     s->queued_rows += r->rows;
+    s->queued++;
     s->last_put = r->t0;
-    pthread_cond_signal(&s->ready);
+    /* A lane gathering a batch wakes only once it would stop waiting (or at its timer): each wake-up would take
+       CPU from this thread, which is reading the very requests it waits for. */
+    int wake = 1;
+    if (s->gathering) {
+        long open = s->open ? atomic_load(s->open) : 0;
+        wake = s->gather_count + s->queued >= open || s->gather_rows + s->queued_rows >= s->gather_limit;
+    }
+    if (wake)
+        pthread_cond_signal(&s->ready);
     pthread_mutex_unlock(&s->lock);
     return 1;
 }
@@ -1603,6 +1615,7 @@ static PyObject *slot_take(SlotObject *self, PyObject *args) {
                 if (s->head == NULL)
                     s->tail = NULL;
                 s->queued_rows -= r->rows;
+                s->queued--;
                 r->next = list;
                 list = r;
                 count++;
@@ -1623,7 +1636,12 @@ static PyObject *slot_take(SlotObject *self, PyObject *args) {
             double until = s->last_put + gap;
             if (until > started + gap_cap)
                 until = started + gap_cap;
+            s->gathering = 1;
+            s->gather_count = count;
+            s->gather_rows = rows;
+            s->gather_limit = gap_rows;
             timed_wait(&s->ready, &s->lock, until);
+            s->gathering = 0;
         }
     }
     closed = s->closed && s->head == NULL;
