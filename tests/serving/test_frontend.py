@@ -451,3 +451,37 @@ def test_workbench_serve_answers_alike_with_and_without_the_front_end(serving_ws
         assert not any(ln.startswith("workbench_native_answered_total ") for ln in off_metrics.splitlines())
     finally:
         stop_server(off)
+
+
+def test_a_lone_clients_request_runs_on_the_front_ends_thread_only_for_a_quick_model():
+    r = Rig()
+    try:
+        threads: list[str] = []
+
+        def quick(inputs):
+            threads.append(threading.current_thread().name)
+            return model(inputs)
+
+        def slow(inputs):
+            time.sleep(0.3)
+            return model(inputs)
+
+        r.publish({1: r.lane(1, quick), 2: r.lane(2, slow)}, live=1)
+        s = r.connect()
+        for _ in range(3):
+            s.sendall(post("/v1/models/m:predict", GOOD))
+            assert read_responses(s, 1)[0][0] == 200
+        assert threads[0] == "native-m-1"  # measured on the lane's thread first
+        assert threads[1:] and all(t != "native-m-1" for t in threads[1:])  # then no hand-offs
+        s.sendall(post("/v1/models/m/versions/2:predict", GOOD))
+        assert read_responses(s, 1)[0][0] == 200
+        s.sendall(post("/v1/models/m/versions/2:predict", GOOD))  # a slow model: its lane's thread, always
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        other = r.connect()
+        other.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_responses(other, 1)[0][2] == b"python GET /v2/health/live 0"
+        assert time.monotonic() - t0 < 0.2  # not held up behind the model call
+        assert read_responses(s, 1)[0][0] == 200
+    finally:
+        r.stop()
