@@ -103,7 +103,7 @@ def run_worker(
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     if options.get("native") and peers is None:
         # The front end's thread (and, on a small machine, the clients) need a CPU the model's thread pool does not
-        # fight them for: LeNet served 1.2-1.4x faster at every concurrency with 1 intra-op thread than 2 here.
+        # fight them for: LeNet served 1.1-1.4x faster at every concurrency with 1 intra-op thread than 2 here.
         threads = str(max(1, int(usable_cpus()) - 1))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
             os.environ.setdefault(var, threads)
