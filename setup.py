@@ -11,7 +11,7 @@ setup(
             ["workbench/serving/_native.c", "workbench/serving/_frontend.c", "workbench/serving/_loadgen.c"],
             depends=["workbench/serving/_decode.h"],
             optional=True,
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],
         ),
     ],
 )
