@@ -4,8 +4,9 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        # The model server's predict-body decoder and native front end (and the benchmarks' C load generator). Optional: without a C compiler workbench
-        # installs, and the server serves every request in Python (workbench.serving.http, .fastjson), slower.
+        # The model server's predict-body decoder and native front end, and the benchmarks' C load generator.
+        # Optional: without a C compiler workbench installs, and the server serves every request in Python
+        # (workbench.serving.http, .fastjson), slower.
         Extension(
             "workbench.serving._native",
             ["workbench/serving/_native.c", "workbench/serving/_frontend.c", "workbench/serving/_loadgen.c"],
