@@ -25,7 +25,7 @@ from workbench.serving import http, native, tfserving, v2
 from workbench.serving.http import HTTPServer, Request, Response
 from workbench.serving.metrics import ServerMetrics
 from workbench.serving.repository import ModelState
-from workbench.serving.server import _listen
+from workbench.serving.workers import listen
 
 from .test_http import closed, read_responses
 
@@ -57,7 +57,7 @@ class Rig:
         self.loop = asyncio.new_event_loop()
         self.server = HTTPServer(python_side, max_body=max_body, keep_alive=keep_alive)
         self.server.loop = self.loop
-        self.sock = _listen("127.0.0.1", 0)
+        self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.frontend = native.NativeFrontend(self.sock, self.server, max_body=max_body, keep_alive=keep_alive)
         self.metrics = ServerMetrics()

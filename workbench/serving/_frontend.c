@@ -261,7 +261,7 @@ struct Slot {
     Py_ssize_t gather_count, gather_rows, gather_limit; /* its requests and rows so far, and the rows it waits for */
     int running;            /* a batch is out: taken by the lane's thread and not yet back for more, or inline */
     PyObject *inline_fn;    /* run(batch) on the front end's thread: for a lone client, no thread hand-offs */
-    atomic_long *open;      /* the connections of the front end that routes here (set with the routes) */
+    atomic_long *open;      /* the connections of the front end that routes here (set by its routes()) */
 };
 
 static void req_free(Req *r) {
@@ -820,7 +820,6 @@ static int take_request(Frontend *fe, Conn *c) {
         req->conn = c;
         req->fe = fe;
         req->t0 = now_s();
-        s->open = &fe->open;
         c->busy = 1;
         if (run_inline(fe, s, req) || slot_put(s, req)) {
             slot_unref(s); /* (the route keeps the slot; the taken batch holds its own reference) */
@@ -1669,16 +1668,6 @@ static PyObject *slot_close(SlotObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *slot_queued(SlotObject *self, void *closure) {
-    Py_ssize_t n = 0;
-    if (self->slot) {
-        pthread_mutex_lock(&self->slot->lock);
-        n = self->slot->queued_rows;
-        pthread_mutex_unlock(&self->slot->lock);
-    }
-    return PyLong_FromSsize_t(n);
-}
-
 static PyObject *slot_set_inline(SlotObject *self, PyObject *fn) {
     if (self->slot == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Slot is not initialised");
@@ -1709,11 +1698,6 @@ static PyMethodDef slot_methods[] = {
     {NULL},
 };
 
-static PyGetSetDef slot_getset[] = {
-    {"queued", (getter)slot_queued, NULL, "rows waiting", NULL},
-    {NULL},
-};
-
 static PyTypeObject SlotType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "workbench.serving._native.Slot",
     .tp_basicsize = sizeof(SlotObject),
@@ -1723,7 +1707,6 @@ static PyTypeObject SlotType = {
               "the queue of one model version's requests (TF Serving and V2 alike; V2 answers start with v2_prefix, "
               "'{\"model_name\":...,\"outputs\":[{\"name\":...,').",
     .tp_methods = slot_methods,
-    .tp_getset = slot_getset,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)slot_init,
 };
@@ -1816,6 +1799,7 @@ static PyObject *frontend_routes(FrontendObject *self, PyObject *arg) {
         memcpy(routes[made].path, path, (size_t)len);
         routes[made].len = (size_t)len;
         routes[made].slot = ((SlotObject *)slot)->slot;
+        routes[made].slot->open = &self->fe.open;
         atomic_fetch_add(&routes[made].slot->refs, 1);
     }
     Py_DECREF(items);

@@ -267,7 +267,6 @@ class NativeFrontend:
         self.sock = sock
         self.server = server
         self._fe = _native.Frontend(sock.fileno(), self._handoff, max_body, keep_alive)
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start accepting; the Python server's loop must be running (it takes the connections handed over)."""
@@ -309,5 +308,4 @@ class NativeFrontend:
             if live in slots and not state.data.get("traffic"):
                 table.append((f"/v1/models/{name}:predict".encode(), slots[live], "rest"))
                 table.append((f"/v2/models/{name}/infer".encode(), slots[live], "v2"))
-        with self._lock:
-            self._fe.routes(table)
+        self._fe.routes(table)

@@ -20,7 +20,7 @@ from workbench.serving.metrics import ServerMetrics
 from workbench.serving.native import NativeFrontend
 from workbench.serving.predlog import PredictionLog, db_path
 from workbench.serving.repository import ModelRepository
-from workbench.serving.workers import Balancer, PeerApp, Peers, parse_workers, supervise, usable_cpus
+from workbench.serving.workers import Balancer, PeerApp, Peers, listen, parse_workers, supervise, usable_cpus
 from workbench.workspace import Workspace
 
 
@@ -82,14 +82,6 @@ def _native_wanted(choice: str, options: dict[str, Any]) -> bool:
     return True
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The server's listening socket, as asyncio would make it (SO_REUSEADDR, non-blocking)."""
-    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=2048)
-    sock.setblocking(False)
-    return sock
-
-
 def run_worker(
     ws: Workspace, options: dict[str, Any], *, sock: socket.socket | None = None, peers: Peers | None = None
 ) -> None:
@@ -126,7 +118,7 @@ def run_worker(
     frontend = None
     if peers is None and options.get("native"):
         frontend = NativeFrontend(
-            _listen(options["host"], int(options["port"])), server, max_body=max_body, keep_alive=60
+            listen(options["host"], int(options["port"])), server, max_body=max_body, keep_alive=60
         )
         repo.native = frontend  # before the first scan, so that every version loaded gets its lane
         repo.gather = float(settings.SERVE_GATHER_US.get()) / 1e6

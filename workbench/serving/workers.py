@@ -368,7 +368,8 @@ class PeerApp:
 # ------------------------------------------------------------------ the supervisor
 
 
-def _listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The server's listening socket on ``host:port`` (SO_REUSEADDR, non-blocking), or a clear error."""
     family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -385,7 +386,7 @@ def _listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def supervise(count: int, host: str, port: int, workspace: Path, options: dict[str, Any]) -> int:
     """Run ``count`` worker processes serving ``workspace`` on ``host:port`` until SIGINT/SIGTERM; returns an exit
     code (1 when workers kept dying)."""
-    sock = _listen(host, port)
+    sock = listen(host, port)
     port = sock.getsockname()[1]
     run_dir = Path(tempfile.mkdtemp(prefix="workbench-serve-"))
     (run_dir / "connections").write_bytes(bytes(table_size(count)))  # see Balancer
