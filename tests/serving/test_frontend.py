@@ -468,11 +468,13 @@ def test_a_lone_clients_request_runs_on_the_front_ends_thread_only_for_a_quick_m
 
         r.publish({1: r.lane(1, quick), 2: r.lane(2, slow)}, live=1)
         s = r.connect()
-        for _ in range(3):
+        for _ in range(20):  # (a call that happens to take over 2 ms on a busy machine sends the next one back)
             s.sendall(post("/v1/models/m:predict", GOOD))
             assert read_responses(s, 1)[0][0] == 200
+            if threads[-1] != "native-m-1":
+                break
         assert threads[0] == "native-m-1"  # measured on the lane's thread first
-        assert threads[1:] and all(t != "native-m-1" for t in threads[1:])  # then no hand-offs
+        assert threads[-1] != "native-m-1"  # then run where it was read: no hand-off between threads
         s.sendall(post("/v1/models/m/versions/2:predict", GOOD))
         assert read_responses(s, 1)[0][0] == 200
         s.sendall(post("/v1/models/m/versions/2:predict", GOOD))  # a slow model: its lane's thread, always

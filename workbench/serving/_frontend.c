@@ -425,12 +425,13 @@ static void conn_handoff(Frontend *fe, Conn *c) {
     c->fd = -1;
     gil_take(fe);
     PyObject *data = PyBytes_FromStringAndSize(c->in.p ? c->in.p : "", (Py_ssize_t)c->in.len);
+    /* Counted before the call: Python may answer the connection before the call returns here. */
+    atomic_fetch_add(&fe->handed_off, 1);
     PyObject *res = data ? PyObject_CallFunction(fe->handoff, "iO", fd, data) : NULL;
     if (res == NULL) {
+        atomic_fetch_sub(&fe->handed_off, 1);
         PyErr_WriteUnraisable(fe->handoff);
         close(fd);
-    } else {
-        atomic_fetch_add(&fe->handed_off, 1);
     }
     Py_XDECREF(res);
     Py_XDECREF(data);
