@@ -1237,10 +1237,37 @@ static int format_answer(Done *d, Buf *body, Buf *out) {
            buf_add(out, body->p, body->len);
 }
 
-static PyObject *batch_answer(BatchObject *b, PyObject *args) {
-    PyObject *array;
+/* Each request's time since it was read, for requests [first, stop). */
+static PyObject *batch_latencies(BatchObject *b, Py_ssize_t first, Py_ssize_t stop) {
+    PyObject *latencies = PyList_New(stop - first);
+    if (latencies == NULL)
+        return NULL;
+    double t = now_s();
+    for (Py_ssize_t i = first; i < stop; i++) {
+        Req *r = b->reqs[i];
+        PyObject *v = PyFloat_FromDouble(r ? t - r->t0 : 0.0);
+        if (v == NULL) {
+            Py_DECREF(latencies);
+            return NULL;
+        }
+        PyList_SET_ITEM(latencies, i - first, v);
+    }
+    return latencies;
+}
+
+static PyObject *batch_ages(BatchObject *b, PyObject *args) {
     Py_ssize_t first = 0, count = -1, stop;
-    if (!PyArg_ParseTuple(args, "O|nn:answer", &array, &first, &count) || !batch_range(b, first, count, &stop))
+    if (!PyArg_ParseTuple(args, "|nn:ages", &first, &count) || !batch_range(b, first, count, &stop))
+        return NULL;
+    return batch_latencies(b, first, stop);
+}
+
+static PyObject *batch_answer(BatchObject *b, PyObject *args, PyObject *kw) {
+    static char *names[] = {"outputs", "first", "count", "before", NULL};
+    PyObject *array, *before = Py_None;
+    Py_ssize_t first = 0, count = -1, stop;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nnO:answer", names, &array, &first, &count, &before) ||
+        !batch_range(b, first, count, &stop))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(array, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_ND) < 0)
@@ -1284,19 +1311,26 @@ static PyObject *batch_answer(BatchObject *b, PyObject *args) {
         }
     }
     Py_ssize_t n = stop - first;
-    PyObject *latencies = PyList_New(n);
+    PyObject *latencies = batch_latencies(b, first, stop);
     if (latencies == NULL) {
         PyBuffer_Release(&view);
         return NULL;
     }
+    if (before != Py_None) { /* (metrics, say, counted before a client can see its answer) */
+        PyObject *res = PyObject_CallOneArg(before, latencies);
+        if (res == NULL) {
+            Py_DECREF(latencies);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        Py_DECREF(res);
+    }
     Slot *s = b->slot;
     Done *head = NULL, *tail = NULL;
     Frontend *fe = NULL;
-    double t = now_s();
     const char *values = view.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
         Req *r = b->reqs[first + i];
-        PyList_SET_ITEM(latencies, i, PyFloat_FromDouble(r ? t - r->t0 : 0.0));
         if (r == NULL)
             continue;
         size_t nbytes = (size_t)(r->rows * row_values * view.itemsize);
@@ -1415,9 +1449,12 @@ static PyObject *batch_ids(BatchObject *b, void *closure) {
 }
 
 static PyMethodDef batch_methods[] = {
-    {"answer", (PyCFunction)batch_answer, METH_VARARGS,
-     "answer(outputs, first=0, count=-1) -> [seconds]: answer requests [first, first+count) from outputs (a "
-     "C-contiguous float32/int32/int64 array, their rows in order); each one's time since it was read."},
+    {"answer", (PyCFunction)(void (*)(void))batch_answer, METH_VARARGS | METH_KEYWORDS,
+     "answer(outputs, first=0, count=-1, before=None) -> [seconds]: answer requests [first, first+count) from "
+     "outputs (a C-contiguous float32/int32/int64 array, their rows in order); each one's time since it was read. "
+     "before(those seconds) is called once the outputs are found good, before any answer leaves."},
+    {"ages", (PyCFunction)batch_ages, METH_VARARGS,
+     "ages(first=0, count=-1) -> [seconds]: each of requests [first, first+count)'s time since it was read."},
     {"reply", (PyCFunction)batch_reply, METH_VARARGS,
      "reply(response, first=0, count=-1): answer requests [first, first+count) with these HTTP response bytes "
      "(an error, or an answer made in Python)."},
