@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from workbench.serving.metrics import ServerMetrics, labels
-from workbench.serving.workers import OPEN, Peers, parse_workers, read_table
+from workbench.serving.workers import NATIVE, OPEN, Peers, parse_workers, read_table
 
 from .conftest import start_server, stop_server
 
@@ -93,9 +93,10 @@ def _predict_on_new_connections(url: str, model: str, digits, n: int) -> list[in
 
 
 def _connection_counts(server) -> Callable[[], tuple[int, ...]]:
-    """A function reading each worker's open connections from the workers' shared table."""
+    """A function reading each worker's open connections (its Python server's and its native front end's) from the
+    workers' shared table."""
     run_dir = Path(json.loads(_workers(server)[0].cmdline()[-1])["run_dir"])
-    return lambda: tuple(row[OPEN] for row in read_table(run_dir, 2))
+    return lambda: tuple(row[OPEN] + row[NATIVE] for row in read_table(run_dir, 2))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,11 @@
  * descriptor), which answers it as it answers every connection, errors worded alike. So this front end
  * changes how fast the common request is answered, never what any request gets.
  *
+ * With several server processes on one port (workbench.serving.workers), each has a front end, and they keep
+ * their connections even through the table the processes share (Frontend.balance): a connection idle between
+ * requests is passed to another process when this one has more than one above it or steps aside to load, and
+ * one passed here is taken with Frontend.adopt.
+ *
  * Threads: only the front end's thread touches connections; Slots are shared under their own locks; a Batch
  * belongs to the Python thread that took it.
  */
@@ -21,6 +26,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -356,6 +363,15 @@ typedef struct {
     char protocol; /* 'r' TF Serving REST, '2' KServe V2 */
 } Route;
 
+/* The table the server processes share (see workers.Balancer): a row of int64 per process. */
+typedef struct {
+    Py_buffer view;
+    volatile int64_t *t;
+    Py_ssize_t me, width, count;   /* this process's row; row width; rows */
+    Py_ssize_t pid, open, draining, last, native; /* column indices */
+    PyObject *pass_fd;             /* pass_fd(fd) -> bool: sent to another process (this copy is then closed) */
+} Balance;
+
 struct Frontend {
     int listen_fd;
     int epoll_fd;
@@ -375,7 +391,13 @@ struct Frontend {
     Done *done_head, *done_tail;
     Conn *conns;
     Buf scratch; /* an answer's body, while its head is written */
-    atomic_long open, handed_off, served;
+    atomic_long open, handed_off, served, passed, adopted;
+    Balance *bal;            /* set before start, if several processes serve the port */
+    atomic_int pass_wanted;  /* Frontend.pass_idle(): look at every idle connection */
+    atomic_int adopt_wanted; /* Frontend.adopt(fd) was called */
+    pthread_mutex_t adopt_lock;
+    int *adopt_fds;          /* Frontend.adopt(fd): taken by the front end's thread */
+    int nadopt, adopt_cap;
 };
 
 static char LISTEN_TAG, WAKE_TAG;
@@ -390,6 +412,12 @@ static void wake(Frontend *fe) {
 static void gil_take(Frontend *fe) { PyEval_RestoreThread(fe->tstate); }
 static void gil_give(Frontend *fe) { fe->tstate = PyEval_SaveThread(); }
 
+/* This process's connections, in the shared table. */
+static void bal_count(Frontend *fe) {
+    if (fe->bal)
+        fe->bal->t[fe->bal->me * fe->bal->width + fe->bal->native] = atomic_load(&fe->open);
+}
+
 static void conn_unlink(Frontend *fe, Conn *c) {
     if (c->prev)
         c->prev->next = c->next;
@@ -398,6 +426,50 @@ static void conn_unlink(Frontend *fe, Conn *c) {
     if (c->next)
         c->next->prev = c->prev;
     atomic_fetch_sub(&fe->open, 1);
+    bal_count(fe);
+}
+
+/* Whether a connection of this process might go to another (as workers.Balancer.wants_out): it steps aside, or
+   has more than one connection above another process. Python's pass_fd decides. */
+static int bal_wants_out(Frontend *fe) {
+    Balance *b = fe->bal;
+    if (b == NULL)
+        return 0;
+    volatile int64_t *mine = b->t + b->me * b->width;
+    if (mine[b->draining])
+        return 1;
+    int64_t here = mine[b->open] + mine[b->native];
+    for (Py_ssize_t j = 0; j < b->count; j++) {
+        volatile int64_t *row = b->t + j * b->width;
+        if (j != b->me && row[b->pid] && !row[b->draining] && here > row[b->open] + row[b->native] + 1)
+            return 1;
+    }
+    return 0;
+}
+
+/* Nothing read of a next request, nothing left to write, no answer awaited: the socket can change hands. */
+static int conn_idle(Conn *c) {
+    return c->fd >= 0 && !c->busy && !c->peer_closed && !c->blocked && c->in.len == 0 && c->out.len == 0;
+}
+
+static void conn_forget(Frontend *fe, Conn *c);
+
+/* Pass an idle connection to another process if the balance asks for it; 1 if it went (c is freed). */
+static int conn_pass(Frontend *fe, Conn *c) {
+    if (!conn_idle(c) || !bal_wants_out(fe))
+        return 0;
+    gil_take(fe);
+    PyObject *res = PyObject_CallFunction(fe->bal->pass_fd, "i", c->fd);
+    int passed = res != NULL && PyObject_IsTrue(res) == 1;
+    if (res == NULL)
+        PyErr_WriteUnraisable(fe->bal->pass_fd);
+    Py_XDECREF(res);
+    gil_give(fe);
+    if (passed) {
+        atomic_fetch_add(&fe->passed, 1);
+        conn_forget(fe, c);
+    }
+    return passed;
 }
 
 static void conn_free(Conn *c) {
@@ -415,6 +487,15 @@ static void conn_close(Frontend *fe, Conn *c) {
     }
     if (!c->busy)
         conn_free(c);
+}
+
+/* The connection went to another process: drop this copy of its socket (the other's stays open). */
+static void conn_forget(Frontend *fe, Conn *c) {
+    epoll_ctl(fe->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL); /* (the other copy keeps the registration alive) */
+    close(c->fd);
+    c->fd = -1;
+    conn_unlink(fe, c);
+    conn_free(c);
 }
 
 /* The Python server takes the connection, with what was read from it. */
@@ -822,6 +903,8 @@ static int take_request(Frontend *fe, Conn *c) {
         req->fe = fe;
         req->t0 = now_s();
         c->busy = 1;
+        if (fe->bal)
+            fe->bal->t[fe->bal->me * fe->bal->width + fe->bal->last] = (int64_t)(req->t0 * 1000);
         if (run_inline(fe, s, req) || slot_put(s, req)) {
             slot_unref(s); /* (the route keeps the slot; the taken batch holds its own reference) */
             size_t used = c->head_len + c->body_len;
@@ -908,7 +991,7 @@ static void conn_flush(Frontend *fe, Conn *c) {
     c->last = now_s();
     if (c->blocked)
         conn_read(fe, c);
-    else
+    else if (!conn_pass(fe, c))
         conn_process(fe, c);
 }
 
@@ -931,6 +1014,31 @@ static void conn_done(Frontend *fe, Done *d) {
     conn_flush(fe, c);
 }
 
+/* A connection of this front end's from now on (accepted, or passed by another process). */
+static Conn *conn_add(Frontend *fe, int fd) {
+    Conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->last = now_s();
+    /* (added edge-triggered: what is already there to read is reported at once) */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
+    if (epoll_ctl(fe->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        close(fd);
+        free(c);
+        return NULL;
+    }
+    c->next = fe->conns;
+    if (fe->conns)
+        fe->conns->prev = c;
+    fe->conns = c;
+    atomic_fetch_add(&fe->open, 1);
+    bal_count(fe);
+    return c;
+}
+
 static void accept_all(Frontend *fe) {
     for (int i = 0; i < 256; i++) {
         int fd = accept4(fe->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -938,24 +1046,30 @@ static void accept_all(Frontend *fe) {
             return; /* EAGAIN, or a connection that went away before we took it */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        Conn *c = calloc(1, sizeof *c);
-        if (c == NULL) {
-            close(fd);
-            continue;
-        }
-        c->fd = fd;
-        c->last = now_s();
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
-        if (epoll_ctl(fe->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-            close(fd);
-            free(c);
-            continue;
-        }
-        c->next = fe->conns;
-        if (fe->conns)
-            fe->conns->prev = c;
-        fe->conns = c;
-        atomic_fetch_add(&fe->open, 1);
+        Conn *c = conn_add(fe, fd);
+        if (c != NULL)
+            conn_pass(fe, c); /* (before reading from it) */
+    }
+}
+
+/* The connections other processes passed to this one (Frontend.adopt). */
+static void take_adopted(Frontend *fe) {
+    pthread_mutex_lock(&fe->adopt_lock);
+    int n = fe->nadopt, *fds = fe->adopt_fds;
+    fe->adopt_fds = NULL;
+    fe->nadopt = fe->adopt_cap = 0;
+    pthread_mutex_unlock(&fe->adopt_lock);
+    for (int i = 0; i < n; i++)
+        if (conn_add(fe, fds[i]) != NULL)
+            atomic_fetch_add(&fe->adopted, 1);
+    free(fds);
+}
+
+/* Frontend.pass_idle(): every idle connection the balance asks to move goes. */
+static void pass_idle(Frontend *fe) {
+    for (Conn *c = fe->conns, *next; c && bal_wants_out(fe); c = next) {
+        next = c->next;
+        conn_pass(fe, c);
     }
 }
 
@@ -1022,6 +1136,10 @@ static void *io_main(void *arg) {
             }
         }
         take_done(fe);
+        if (atomic_exchange(&fe->adopt_wanted, 0))
+            take_adopted(fe);
+        if (atomic_exchange(&fe->pass_wanted, 0) && !atomic_load(&fe->stopping))
+            pass_idle(fe);
         double t = now_s();
         if (atomic_load(&fe->stopping)) {
             if (listening) {
@@ -1041,6 +1159,11 @@ static void *io_main(void *arg) {
         next = c->next;
         conn_close(fe, c); /* (busy ones are freed when their answer comes, or at exit) */
     }
+    pthread_mutex_lock(&fe->adopt_lock); /* passed here too late */
+    for (int i = 0; i < fe->nadopt; i++)
+        close(fe->adopt_fds[i]);
+    fe->nadopt = 0;
+    pthread_mutex_unlock(&fe->adopt_lock);
     gil_take(fe);
     PyGILState_Release(gil);
     return NULL;
@@ -1784,6 +1907,7 @@ static int frontend_init(FrontendObject *self, PyObject *args, PyObject *kw) {
     }
     pthread_mutex_init(&fe->routes_lock, NULL);
     pthread_mutex_init(&fe->done_lock, NULL);
+    pthread_mutex_init(&fe->adopt_lock, NULL);
     fe->handoff = Py_NewRef(handoff);
     return 0;
 }
@@ -1881,10 +2005,81 @@ static PyObject *frontend_stop(FrontendObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *frontend_balance(FrontendObject *self, PyObject *args) {
+    Frontend *fe = &self->fe;
+    Balance *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return PyErr_NoMemory();
+    PyObject *pass_fd;
+    if (!PyArg_ParseTuple(args, "w*nnn(nnnnn)O:balance", &b->view, &b->me, &b->width, &b->count, &b->pid, &b->open,
+                          &b->draining, &b->last, &b->native, &pass_fd)) {
+        free(b);
+        return NULL;
+    }
+    Py_ssize_t cols[] = {b->pid, b->open, b->draining, b->last, b->native};
+    int ok = fe->running == 0 && fe->bal == NULL && PyCallable_Check(pass_fd) && b->count > 0 && b->me >= 0 &&
+             b->me < b->count && b->width > 0 && b->view.len >= (Py_ssize_t)(b->count * b->width * 8);
+    for (int i = 0; i < 5; i++)
+        ok = ok && cols[i] >= 0 && cols[i] < b->width;
+    if (!ok) {
+        PyBuffer_Release(&b->view);
+        free(b);
+        PyErr_SetString(PyExc_ValueError, "balance(table, me, width, count, (pid, open, draining, last, native), "
+                                          "pass_fd): a table of count rows of width int64, before start()");
+        return NULL;
+    }
+    b->t = (volatile int64_t *)b->view.buf;
+    b->pass_fd = Py_NewRef(pass_fd);
+    fe->bal = b;
+    bal_count(fe);
+    Py_RETURN_NONE;
+}
+
+static PyObject *frontend_adopt(FrontendObject *self, PyObject *arg) {
+    Frontend *fe = &self->fe;
+    long value = PyLong_AsLong(arg);
+    int fd = value > INT_MAX ? -1 : (int)value;
+    if (fd < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "adopt needs a file descriptor");
+        return NULL;
+    }
+    if (!fe->running || atomic_load(&fe->stopping)) {
+        close(fd);
+        Py_RETURN_NONE;
+    }
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    pthread_mutex_lock(&fe->adopt_lock);
+    if (fe->nadopt == fe->adopt_cap) {
+        int cap = fe->adopt_cap ? 2 * fe->adopt_cap : 16;
+        int *fds = realloc(fe->adopt_fds, (size_t)cap * sizeof *fds);
+        if (fds == NULL) {
+            pthread_mutex_unlock(&fe->adopt_lock);
+            close(fd);
+            return PyErr_NoMemory();
+        }
+        fe->adopt_fds = fds;
+        fe->adopt_cap = cap;
+    }
+    fe->adopt_fds[fe->nadopt++] = fd;
+    pthread_mutex_unlock(&fe->adopt_lock);
+    atomic_store(&fe->adopt_wanted, 1);
+    wake(fe);
+    Py_RETURN_NONE;
+}
+
+static PyObject *frontend_pass_idle(FrontendObject *self, PyObject *unused) {
+    Frontend *fe = &self->fe;
+    atomic_store(&fe->pass_wanted, 1);
+    wake(fe);
+    Py_RETURN_NONE;
+}
+
 static PyObject *frontend_stats(FrontendObject *self, PyObject *unused) {
     Frontend *fe = &self->fe;
-    return Py_BuildValue("{s:l,s:l,s:l}", "open", atomic_load(&fe->open), "handed_off", atomic_load(&fe->handed_off),
-                         "served", atomic_load(&fe->served));
+    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l}", "open", atomic_load(&fe->open), "handed_off",
+                         atomic_load(&fe->handed_off), "served", atomic_load(&fe->served), "passed",
+                         atomic_load(&fe->passed), "adopted", atomic_load(&fe->adopted));
 }
 
 static void frontend_dealloc(FrontendObject *self) {
@@ -1908,6 +2103,15 @@ static void frontend_dealloc(FrontendObject *self) {
     if (fe->wake_fd > 0)
         close(fe->wake_fd);
     Py_XDECREF(fe->handoff);
+    if (fe->bal) {
+        fe->bal->t[fe->bal->me * fe->bal->width + fe->bal->native] = 0;
+        PyBuffer_Release(&fe->bal->view);
+        Py_DECREF(fe->bal->pass_fd);
+        free(fe->bal);
+    }
+    for (int i = 0; i < fe->nadopt; i++)
+        close(fe->adopt_fds[i]);
+    free(fe->adopt_fds);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1920,7 +2124,16 @@ static PyMethodDef frontend_methods[] = {
      "stop(grace=10): stop accepting, close idle connections, wait up to grace s for answers in hand, close the "
      "rest; returns when the thread has ended."},
     {"stats", (PyCFunction)frontend_stats, METH_NOARGS,
-     "stats() -> {'open', 'handed_off', 'served'}: connections open here, handed to Python, requests answered."},
+     "stats() -> {'open', 'handed_off', 'served', 'passed', 'adopted'}: connections open here, handed to Python, "
+     "requests answered, connections passed to other processes and taken from them."},
+    {"balance", (PyCFunction)frontend_balance, METH_VARARGS,
+     "balance(table, me, width, count, (pid, open, draining, last, native), pass_fd): several processes serve "
+     "the port; table is their shared int64 rows (see workers.Balancer), this one's row me, whose native column "
+     "this front end keeps; pass_fd(fd) -> bool sends an idle connection to another process. Before start()."},
+    {"adopt", (PyCFunction)frontend_adopt, METH_O,
+     "adopt(fd): serve this connection (passed by another process, idle between requests) from now on."},
+    {"pass_idle", (PyCFunction)frontend_pass_idle, METH_NOARGS,
+     "pass_idle(): pass on every idle connection the balance asks to move (as when stepping aside to load)."},
     {NULL},
 };
 

@@ -236,10 +236,7 @@ class ServerApp:
         if self.peers is not None:  # every worker process's values, added up
             others = [orjson.loads(body) for body in await self.peers.ask_others("GET", "/metrics-snapshot") if body]
         if self.repo.native is not None:
-            stats = self.repo.native.stats()
-            self.metrics.native_answered.set((), stats["served"])
-            self.metrics.native_handed_off.set((), stats["handed_off"])
-            self.metrics.native_open.set((), stats["open"])
+            self.repo.native.report(self.metrics)
         text = self.metrics.render(others)
         return http.Response(200, text.encode(), [(b"content-type", b"text/plain; version=0.0.4")])
 

@@ -155,7 +155,15 @@ class ServerMetrics:
 
     def _per_request(self) -> tuple[Counter | Histogram, ...]:
         """What each worker process counts of its own requests; the rest (loads, versions) every worker sees alike."""
-        return (self.requests, self.latency, self.batch_size, self.log_dropped)
+        return (
+            self.requests,
+            self.latency,
+            self.batch_size,
+            self.log_dropped,
+            self.native_answered,
+            self.native_handed_off,
+            self.native_open,
+        )
 
     def snapshot(self) -> dict[str, list[Any]]:
         """The per-request values, as JSON (label sets as lists of pairs), for another worker process to add in."""

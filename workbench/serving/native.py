@@ -283,6 +283,28 @@ class NativeFrontend:
     def stats(self) -> dict[str, int]:
         return dict(self._fe.stats())
 
+    def report(self, metrics: ServerMetrics) -> None:
+        """Its counts into ``metrics`` (before they are rendered)."""
+        stats = self._fe.stats()
+        metrics.native_answered.set((), stats["served"])
+        metrics.native_handed_off.set((), stats["handed_off"])
+        metrics.native_open.set((), stats["open"])
+
+    def balance(self, table: Any, me: int, width: int, count: int, pass_fd: Callable[[int], bool]) -> None:
+        """Several server processes serve this port: keep connections even with the others through their shared
+        ``table`` (see workers.Balancer). Before :meth:`start`."""
+        from workbench.serving.workers import DRAINING, LAST_REQUEST, NATIVE, OPEN, PID
+
+        self._fe.balance(table, me, width, count, (PID, OPEN, DRAINING, LAST_REQUEST, NATIVE), pass_fd)
+
+    def adopt(self, fd: int) -> None:
+        """Serve the connection ``fd`` (another process passed it, idle between requests) from now on."""
+        self._fe.adopt(fd)
+
+    def pass_idle(self) -> None:
+        """Pass on every idle connection the balance asks to move (this process steps aside to load)."""
+        self._fe.pass_idle()
+
     def _handoff(self, fd: int, data: bytes) -> None:  # the front end's thread, with the GIL
         loop = self.server.loop
         if loop is None or loop.is_closed():

@@ -55,13 +55,8 @@ def serve(
         "max_body_mb": max_body_mb or float(settings.SERVE_MAX_BODY_MB.get()),
     }
     options["native"] = _native_wanted(native or settings.SERVE_NATIVE.get(), options)
-    count = parse_workers(workers if workers is not None else settings.SERVE_WORKERS.get(), options["native"])
+    count = parse_workers(workers if workers is not None else settings.SERVE_WORKERS.get())
     if count > 1:
-        if options["native"]:
-            logging.getLogger("workbench.serving").info(
-                "%d server processes: every request is served in Python (the native front end serves with one)", count
-            )
-        options["native"] = False
         return supervise(count, host, port, ws.root, options)
     run_worker(ws, options)
     return 0
@@ -96,6 +91,7 @@ def run_worker(
     if options.get("native") and peers is None:
         # The front end's thread (and, on a small machine, the clients) need a CPU the model's thread pool does not
         # fight them for: LeNet served 1.1-1.4x faster at every concurrency with 1 intra-op thread than 2 here.
+        # (Worker processes get theirs from the supervisor: workers.supervise.)
         threads = str(max(1, int(usable_cpus()) - 1))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
             os.environ.setdefault(var, threads)
@@ -116,9 +112,12 @@ def run_worker(
     preload = settings.SERVE_PRELOAD.get()
     server = HTTPServer(app, max_body=max_body, keep_alive=60)
     frontend = None
-    if peers is None and options.get("native"):
+    if options.get("native"):
         frontend = NativeFrontend(
-            listen(options["host"], int(options["port"])), server, max_body=max_body, keep_alive=60
+            sock if sock is not None else listen(options["host"], int(options["port"])),
+            server,
+            max_body=max_body,
+            keep_alive=60,
         )
         repo.native = frontend  # before the first scan, so that every version loaded gets its lane
         repo.gather = float(settings.SERVE_GATHER_US.get()) / 1e6
@@ -140,6 +139,7 @@ def run_worker(
                     ready=ready,
                     peers=peers,
                     repo=repo,
+                    frontend=frontend,
                 )
             )
     finally:
@@ -187,7 +187,7 @@ async def _serve_until_signal(
         await loop.run_in_executor(None, ready.wait)
     if peers is not None:
         balancer = Balancer(peers)
-        balancer.start(server)
+        balancer.start(server, frontend)
         if repo is not None:
             repo.balancer = balancer
     if frontend is not None:

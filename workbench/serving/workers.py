@@ -66,17 +66,19 @@ def usable_cpus() -> float:
     return min(cpus, quota.cpus) if quota is not None else cpus
 
 
-def auto_workers(native: bool = False) -> int:
-    """``--workers auto``: 1 where the native front end serves (its request path holds no GIL, and one process
-    batches every client's rows together), else 2 where this process may use 2 CPUs or more, else 1."""
-    if native:
-        return 1
+def auto_workers() -> int:
+    """``--workers auto``: 2 where this process may use 2 CPUs or more, else 1.
+
+    With the Python path, one process runs Python on one CPU at a time. With the native front end one process
+    keeps ~1 CPU busy at 8 clients: its model waits while the front end's single thread sends a batch's answers
+    and reads the next requests, and two processes overlap those phases (LeNet: ~1.15x the requests/s at 8 and
+    64 clients). Two also let one process load a new version while the other serves every client."""
     return 2 if usable_cpus() >= 2 else 1
 
 
-def parse_workers(text: str | int, native: bool = False) -> int:
+def parse_workers(text: str | int) -> int:
     if str(text).strip().lower() == "auto":
-        return auto_workers(native)
+        return auto_workers()
     try:
         n = int(text)
     except ValueError:
@@ -182,8 +184,8 @@ async def _ask(sock_path: str, method: str, path: str) -> bytes | None:
 
 
 # columns of a worker's row in the shared ``connections`` table (then: taken over from each worker)
-PID, OPEN, DRAINING, LAST_REQUEST = range(4)
-COLUMNS = 4
+PID, OPEN, DRAINING, LAST_REQUEST, NATIVE = range(5)
+COLUMNS = 5
 DRAIN_WAIT_S = 1.0  # a worker stepping aside waits this long for its connections to go, then loads anyway
 
 
@@ -213,10 +215,15 @@ class Balancer:
     itself draining, passes every connection on as it goes idle, loads at full speed with no requests of its own
     to hold up, then takes connections again. The workers take turns, so the others serve meanwhile.
 
-    The shared file ``connections`` has a row per worker, written only by it: its pid, its open connections,
-    whether it is draining, when it last ran a request (ms of the monotonic clock), then how many connections it
-    took over from each worker, so that a worker counts the ones it passed that are still on their way (to the
-    same process: a replaced worker starts from zero)."""
+    Where the native front end serves (:mod:`workbench.serving.native`), it owns most connections and does the
+    same in C from the same table (``Frontend.balance``): it keeps its own count there, and passes idle
+    connections through :meth:`pass_fd`; those passed to it go to it (``Frontend.adopt``).
+
+    The shared file ``connections`` has a row per worker, written only by it: its pid, its open connections
+    (the Python server's), whether it is draining, when it last ran a request (ms of the monotonic clock), the
+    native front end's open connections, then how many connections it took over from each worker, so that a
+    worker counts the ones it passed that are still on their way (to the same process: a replaced worker starts
+    from zero)."""
 
     def __init__(self, peers: Peers):
         self.peers = peers
@@ -230,6 +237,7 @@ class Balancer:
         self._passed = [(0, 0, 0)] * peers.count
         self._others = [j for j in range(peers.count) if j != peers.index]
         self.server: http.HTTPServer | None = None
+        self.frontend: Any = None  # the native front end (native.NativeFrontend), if it serves here
         inbox = self._address(peers.index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(inbox)  # left by a worker this one replaces
@@ -259,7 +267,8 @@ class Balancer:
         n, me, table = self._width, self.peers.index, self._table.tolist()
         counts = []
         for j in range(self.peers.count):
-            pid, open_, took = table[j * n + PID], table[j * n + OPEN], table[j * n + COLUMNS + me]
+            pid, took = table[j * n + PID], table[j * n + COLUMNS + me]
+            open_ = table[j * n + OPEN] + table[j * n + NATIVE]
             if self._passed[j][0] != pid:  # first look at that process (or at this one, for what it took earlier)
                 self._passed[j] = (pid, took, 0)
             _, base, passed = self._passed[j]
@@ -272,11 +281,14 @@ class Balancer:
         t, n = self._table, self._width
         if t[self._row + DRAINING]:
             return True
-        return any(connections > t[j * n + OPEN] + 1 for j in self._others)
+        connections += t[self._row + NATIVE]
+        return any(connections > t[j * n + OPEN] + t[j * n + NATIVE] + 1 for j in self._others)
 
     def _target(self, connections: int) -> int | None:
-        """The worker a connection of this one's should go to, if any."""
+        """The worker a connection of this one's (with ``connections`` in the Python server) should go to, if
+        any."""
         counts, t, n = self.connections(), self._table, self._width
+        connections += t[self._row + NATIVE]
         open_to = [j for j in self._others if t[j * n + PID] and not t[j * n + DRAINING]]
         if not open_to:
             return None
@@ -287,13 +299,18 @@ class Balancer:
         """Pass a connection (one just accepted, or an idle one) to another worker if this one, with
         ``connections``, is draining or has more than one above the least busy worker; True if passed (the caller
         then drops its copy of the socket)."""
-        target = self._target(connections)
         sock = transport.get_extra_info("socket")
-        if target is None or sock is None:
+        return sock is not None and self.pass_fd(sock.fileno(), connections)
+
+    def pass_fd(self, fd: int, connections: int | None = None) -> bool:
+        """:meth:`pass_on` for the socket ``fd``; ``connections`` in the Python server (default: as counted). The
+        native front end calls this for its idle connections."""
+        target = self._target(self._table[self._row + OPEN] if connections is None else connections)
+        if target is None:
             return False
         try:
             # (socket.send_fds ignores its address argument before Python 3.13)
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
             self._outbox.sendmsg([str(self.peers.index).encode()], rights, 0, self._address(target))
         except OSError:  # that worker is gone or not taking connections yet
             return False
@@ -310,13 +327,16 @@ class Balancer:
         if server is None or loop is None:
             yield False
             return
+        frontend, row = self.frontend, self._table[self._row : self._row + COLUMNS]
         self._table[self._row + DRAINING] = 1
         try:
-            had, t0 = len(server.connections), time.monotonic()
-            while server.connections and time.monotonic() < t0 + wait:
+            had, t0 = row[OPEN] + row[NATIVE], time.monotonic()
+            while row[OPEN] + row[NATIVE] and time.monotonic() < t0 + wait:
                 loop.call_soon_threadsafe(server.pass_idle)
+                if frontend is not None:
+                    frontend.pass_idle()
                 time.sleep(0.005)
-            left = len(server.connections)
+            left = row[OPEN] + row[NATIVE]
             log.info(
                 "worker process %d steps aside to load: passed %d of its %d connections on in %.3f s",
                 self.peers.index,
@@ -328,13 +348,17 @@ class Balancer:
         finally:
             self._table[self._row + DRAINING] = 0
 
-    def start(self, server: http.HTTPServer) -> None:
-        """Take the connections other workers pass to this one, on a thread, into ``server`` (on this loop)."""
+    def start(self, server: http.HTTPServer, frontend: Any = None) -> None:
+        """Take the connections other workers pass to this one, on a thread, into ``server`` (on this loop), or
+        into the native ``frontend`` where it serves."""
         loop = asyncio.get_running_loop()
 
         def took(source: int, fd: int) -> None:
             self._table[self._row + COLUMNS + source] += 1
-            server.adopt(fd)
+            if frontend is not None:
+                frontend.adopt(fd)
+            else:
+                server.adopt(fd)
 
         def receive() -> None:
             while True:
@@ -348,6 +372,9 @@ class Balancer:
         threading.Thread(target=receive, name="connections-in", daemon=True).start()
         self.server = server
         server.balancer = self
+        if frontend is not None:
+            self.frontend = frontend
+            frontend.balance(self._map, self.peers.index, self._width, self.peers.count, self.pass_fd)
 
 
 class PeerApp:
@@ -358,6 +385,8 @@ class PeerApp:
 
     async def __call__(self, request: http.Request) -> http.Response:
         if (request.method, request.path) == ("GET", "/metrics-snapshot"):
+            if self.repo.native is not None:
+                self.repo.native.report(self.metrics)
             return http.Response(200, orjson.dumps(self.metrics.snapshot()), [(b"content-type", b"application/json")])
         if (request.method, request.path) == ("POST", "/reload"):
             self.repo.wake()
@@ -391,8 +420,10 @@ def supervise(count: int, host: str, port: int, workspace: Path, options: dict[s
     run_dir = Path(tempfile.mkdtemp(prefix="workbench-serve-"))
     (run_dir / "connections").write_bytes(bytes(table_size(count)))  # see Balancer
     env = dict(os.environ, WORKBENCH_WORKSPACE=str(workspace))
-    # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight).
-    threads = str(max(1, int(usable_cpus()) // count))
+    # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight); with the
+    # native front end, less a CPU for each front end's thread.
+    cpus = int(usable_cpus())
+    threads = str(max(1, (cpus - count if options.get("native") else cpus) // count))
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         env.setdefault(var, threads)
 
