@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ from workbench.serving import http, native, tfserving, v2
 from workbench.serving.http import HTTPServer, Request, Response
 from workbench.serving.metrics import ServerMetrics
 from workbench.serving.repository import ModelState
-from workbench.serving.workers import listen
+from workbench.serving.workers import COLUMNS, DRAINING, NATIVE, PID, listen, table_size
 
 from .test_http import closed, read_responses
 
@@ -53,7 +54,7 @@ async def python_side(request: Request) -> Response:
 
 
 class Rig:
-    def __init__(self, keep_alive: float = 60.0, max_body: int = 1 << 20):
+    def __init__(self, keep_alive: float = 60.0, max_body: int = 1 << 20, balance: tuple[Any, ...] | None = None):
         self.loop = asyncio.new_event_loop()
         self.server = HTTPServer(python_side, max_body=max_body, keep_alive=keep_alive)
         self.server.loop = self.loop
@@ -65,6 +66,8 @@ class Rig:
         self.clients: list[socket.socket] = []
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        if balance is not None:
+            self.frontend.balance(*balance)
         self.frontend.start()
 
     def lane(self, version: int, fn: Any = model, **kw: Any) -> native.Lane:
@@ -229,7 +232,7 @@ def test_everything_else_goes_to_the_python_server_untouched(rig, request_bytes)
         assert status == 400  # httptools' verdict, as on any connection
     else:
         assert body.startswith(b"python "), body
-    assert rig.frontend.stats() == {"open": 0, "handed_off": 1, "served": 0}
+    assert rig.frontend.stats() == {"open": 0, "handed_off": 1, "served": 0, "passed": 0, "adopted": 0}
 
 
 def test_a_connection_moves_to_python_at_its_first_other_request(rig):
@@ -487,3 +490,131 @@ def test_a_lone_clients_request_runs_on_the_front_ends_thread_only_for_a_quick_m
         assert read_responses(s, 1)[0][0] == 200
     finally:
         r.stop()
+
+
+class Pair:
+    """Two front ends in one process standing in for two server processes on one port (a client connects to
+    either's socket): they share the workers' table, and each passes connections to the other as the supervisor's
+    processes do (here by handing a duplicate of the socket straight to the other's adopt)."""
+
+    def __init__(self, fn: Any = model):
+        self.table = bytearray(table_size(2))
+        self.view = memoryview(self.table).cast("q")
+        self.width = COLUMNS + 2
+        self.passed: list[int] = [0, 0]
+        self.rigs: list[Rig] = []
+        for me in (0, 1):
+            self.view[me * self.width + PID] = 1000 + me
+            self.rigs.append(Rig(balance=(self.table, me, self.width, 2, self._passer(me))))
+            self.rigs[me].publish({1: self.rigs[me].lane(1, fn)}, live=1)
+
+    def _passer(self, me: int) -> Any:
+        def pass_fd(fd: int) -> bool:
+            # (returns once the other counts it, as workers.Balancer counts the ones still on their way)
+            theirs = self.view[(1 - me) * self.width + NATIVE]
+            self.rigs[1 - me].frontend.adopt(os.dup(fd))
+            self.passed[me] += 1
+            deadline = time.monotonic() + 5
+            while self.view[(1 - me) * self.width + NATIVE] == theirs and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return True
+
+        return pass_fd
+
+    def native_open(self) -> list[int]:
+        return [self.view[me * self.width + NATIVE] for me in (0, 1)]
+
+    def served(self) -> list[int]:
+        return [r.frontend.stats()["served"] for r in self.rigs]
+
+    def settle(self, expect: list[int]) -> None:
+        deadline = time.monotonic() + 10
+        while self.native_open() != expect:
+            assert time.monotonic() < deadline, self.native_open()
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        for r in self.rigs:
+            r.stop()
+
+
+def test_connections_are_evened_out_between_processes_and_answered_where_they_went():
+    pair = Pair()
+    try:
+        a = pair.rigs[0]
+        clients = [a.connect() for _ in range(6)]  # all to the first process
+        pair.settle([3, 3])  # one more than the other's and the next one goes over, before it is read
+        assert pair.passed == [3, 0]
+        for rnd in range(3):
+            for s in clients:
+                s.sendall(post("/v1/models/m:predict", GOOD))
+            for s in clients:
+                assert json.loads(read_responses(s, 1)[0][2]) == {"predictions": [[0.0, 0.0]]}
+        served = pair.served()
+        assert sum(served) == 18 and served[0] == served[1] == 9, served  # each answered its own three
+        assert pair.passed == [3, 0] and pair.native_open() == [3, 3]  # balanced: nothing moves back and forth
+        for s in clients[:3]:  # whichever process held them
+            s.close()
+        for s in clients[3:]:
+            s.close()
+        pair.settle([0, 0])
+    finally:
+        pair.stop()
+
+
+def test_a_process_stepping_aside_passes_each_connection_once_idle_new_ones_too():
+    def slow(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.3)
+        return model(inputs)
+
+    pair = Pair(fn=slow)
+    try:
+        a, b = pair.rigs
+        pair.view[1 * pair.width + PID] = 0  # the other is not counted in the balance...
+        idle, busy = a.connect(), a.connect()
+        pair.settle([2, 0])
+        busy.sendall(post("/v1/models/m:predict", GOOD))
+        time.sleep(0.1)  # (its request is with the model)
+        pair.view[0 * pair.width + DRAINING] = 1  # ...but takes what one that steps aside passes it
+        a.frontend.pass_idle()
+        pair.settle([1, 1])  # the idle one went at once; the busy one stays until it has its answer
+        assert json.loads(read_responses(busy, 1)[0][2]) == {"predictions": [[0.0, 0.0]]}
+        pair.settle([0, 2])  # then it went too
+        late = a.connect()  # a new connection goes before it is read
+        pair.settle([0, 3])
+        for s in (idle, busy, late):
+            s.sendall(post("/v1/models/m:predict", GOOD))
+        for s in (idle, busy, late):
+            assert json.loads(read_responses(s, 1)[0][2]) == {"predictions": [[0.0, 0.0]]}
+        assert (pair.served(), pair.passed) == ([1, 3], [3, 0]), pair.native_open()
+        pair.view[0 * pair.width + DRAINING] = 0  # done loading: new connections stay again
+        again = a.connect()
+        again.sendall(post("/v1/models/m:predict", GOOD))
+        assert read_responses(again, 1)[0][0] == 200
+        assert pair.served() == [2, 3]
+        for s in (idle, busy, late):  # the other has two more now: one goes back once idle
+            s.sendall(post("/v1/models/m:predict", GOOD))
+            assert read_responses(s, 1)[0][0] == 200
+        pair.settle([2, 2])
+        assert pair.passed == [3, 1]
+    finally:
+        pair.stop()
+
+
+def test_a_connection_passed_with_its_next_request_already_sent_is_answered_there():
+    pair = Pair()
+    try:
+        a = pair.rigs[0]
+        s = a.connect()
+        pair.settle([1, 0])
+        pair.view[DRAINING] = 1
+        s.sendall(post("/v1/models/m:predict", GOOD) + post("/v1/models/m:predict", GOOD))  # pipelined
+        (_, _, one), (_, _, two) = read_responses(s, 2)
+        assert json.loads(one) == json.loads(two) == {"predictions": [[0.0, 0.0]]}
+        pair.settle([0, 1])  # read together: both answered here; it went once idle
+        for _ in range(20):  # the next one may already be in the socket when it changes hands
+            s.sendall(post("/v1/models/m:predict", GOOD))
+            assert read_responses(s, 1)[0][0] == 200
+        assert sum(pair.served()) == 22 and pair.served()[1] >= 20
+    finally:
+        pair.stop()

@@ -390,6 +390,7 @@ struct Frontend {
     pthread_mutex_t done_lock;
     Done *done_head, *done_tail;
     Conn *conns;
+    Conn *dead; /* closed, to be freed (conn_free) */
     Buf scratch; /* an answer's body, while its head is written */
     atomic_long open, handed_off, served, passed, adopted;
     Balance *bal;            /* set before start, if several processes serve the port */
@@ -454,17 +455,20 @@ static int conn_idle(Conn *c) {
 
 static void conn_forget(Frontend *fe, Conn *c);
 
-/* Pass an idle connection to another process if the balance asks for it; 1 if it went (c is freed). */
-static int conn_pass(Frontend *fe, Conn *c) {
+/* Pass an idle connection to another process if the balance asks for it; 1 if it went (c is freed). With the
+   GIL held (`locked`), or taken here. */
+static int conn_pass_locked(Frontend *fe, Conn *c, int locked) {
     if (!conn_idle(c) || !bal_wants_out(fe))
         return 0;
-    gil_take(fe);
+    if (!locked)
+        gil_take(fe);
     PyObject *res = PyObject_CallFunction(fe->bal->pass_fd, "i", c->fd);
     int passed = res != NULL && PyObject_IsTrue(res) == 1;
     if (res == NULL)
         PyErr_WriteUnraisable(fe->bal->pass_fd);
     Py_XDECREF(res);
-    gil_give(fe);
+    if (!locked)
+        gil_give(fe);
     if (passed) {
         atomic_fetch_add(&fe->passed, 1);
         conn_forget(fe, c);
@@ -472,10 +476,22 @@ static int conn_pass(Frontend *fe, Conn *c) {
     return passed;
 }
 
-static void conn_free(Conn *c) {
-    free(c->in.p);
-    free(c->out.p);
-    free(c);
+static int conn_pass(Frontend *fe, Conn *c) { return conn_pass_locked(fe, c, 0); }
+
+/* Freed once the front end's thread is done with this round of events (an event in hand may still name it). */
+static void conn_free(Frontend *fe, Conn *c) {
+    c->next = fe->dead;
+    fe->dead = c;
+}
+
+static void free_dead(Frontend *fe) {
+    while (fe->dead) {
+        Conn *c = fe->dead;
+        fe->dead = c->next;
+        free(c->in.p);
+        free(c->out.p);
+        free(c);
+    }
 }
 
 /* Close now; a busy connection's struct stays until its answer comes back (then conn_done frees it). */
@@ -486,7 +502,7 @@ static void conn_close(Frontend *fe, Conn *c) {
         conn_unlink(fe, c);
     }
     if (!c->busy)
-        conn_free(c);
+        conn_free(fe, c);
 }
 
 /* The connection went to another process: drop this copy of its socket (the other's stays open). */
@@ -495,7 +511,7 @@ static void conn_forget(Frontend *fe, Conn *c) {
     close(c->fd);
     c->fd = -1;
     conn_unlink(fe, c);
-    conn_free(c);
+    conn_free(fe, c);
 }
 
 /* The Python server takes the connection, with what was read from it. */
@@ -517,7 +533,7 @@ static void conn_handoff(Frontend *fe, Conn *c) {
     Py_XDECREF(res);
     Py_XDECREF(data);
     gil_give(fe);
-    conn_free(c);
+    conn_free(fe, c);
 }
 
 /* ---------------------------------------------------------------------------------------------- request parsing */
@@ -1002,7 +1018,7 @@ static void conn_done(Frontend *fe, Done *d) {
     Conn *c = d->conn;
     c->busy = 0;
     if (c->fd < 0) { /* closed meanwhile */
-        conn_free(c);
+        conn_free(fe, c);
         return;
     }
     atomic_fetch_add(&fe->served, 1);
@@ -1065,12 +1081,19 @@ static void take_adopted(Frontend *fe) {
     free(fds);
 }
 
-/* Frontend.pass_idle(): every idle connection the balance asks to move goes. */
+/* Frontend.pass_idle(): every idle connection the balance asks to move goes (the GIL taken once for all). */
 static void pass_idle(Frontend *fe) {
+    int any = 0;
+    for (Conn *c = fe->conns; c && !any; c = c->next)
+        any = conn_idle(c);
+    if (!any || !bal_wants_out(fe))
+        return;
+    gil_take(fe);
     for (Conn *c = fe->conns, *next; c && bal_wants_out(fe); c = next) {
         next = c->next;
-        conn_pass(fe, c);
+        conn_pass_locked(fe, c, 1);
     }
+    gil_give(fe);
 }
 
 static void take_done(Frontend *fe) {
@@ -1140,6 +1163,7 @@ static void *io_main(void *arg) {
             take_adopted(fe);
         if (atomic_exchange(&fe->pass_wanted, 0) && !atomic_load(&fe->stopping))
             pass_idle(fe);
+        free_dead(fe);
         double t = now_s();
         if (atomic_load(&fe->stopping)) {
             if (listening) {
@@ -1159,6 +1183,7 @@ static void *io_main(void *arg) {
         next = c->next;
         conn_close(fe, c); /* (busy ones are freed when their answer comes, or at exit) */
     }
+    free_dead(fe);
     pthread_mutex_lock(&fe->adopt_lock); /* passed here too late */
     for (int i = 0; i < fe->nadopt; i++)
         close(fe->adopt_fds[i]);

@@ -355,10 +355,7 @@ class Balancer:
 
         def took(source: int, fd: int) -> None:
             self._table[self._row + COLUMNS + source] += 1
-            if frontend is not None:
-                frontend.adopt(fd)
-            else:
-                server.adopt(fd)
+            server.adopt(fd)
 
         def receive() -> None:
             while True:
@@ -367,7 +364,11 @@ class Balancer:
                 except OSError:
                     return
                 for fd in fds:
-                    loop.call_soon_threadsafe(took, int(msg or b"0"), fd)
+                    if frontend is not None:  # (straight from this thread: no hop through the loop)
+                        self._table[self._row + COLUMNS + int(msg or b"0")] += 1
+                        frontend.adopt(fd)
+                    else:
+                        loop.call_soon_threadsafe(took, int(msg or b"0"), fd)
 
         threading.Thread(target=receive, name="connections-in", daemon=True).start()
         self.server = server
