@@ -17,7 +17,9 @@ the machine's load (it is shared) out of the comparison. Modes:
   worker processes on the same machine, then the server loads, warms up and
   swaps in the version);
 - publish: an already exported version published into ``models/lenet/``
-  (the server's share of a promote alone).
+  (the server's share of a promote alone: the version's files are copied into
+  a staging folder before the quiet window, and the swap window holds the
+  publish itself, a rename and ``model.json``, then the server's load and swap).
 
 Where Linux groups processes by session for scheduling (autogroups), the promote's workers (started from this
 process's session) rank below the server's threads only when the server shares that session, as here by default;
@@ -101,10 +103,15 @@ def main(argv: list[str]) -> int:
     def promote() -> None:
         wb.promote(None, model="lenet", checkpoint=ckpt, framework="tensorflow")
 
-    def publish() -> None:
+    staged: list[Path] = []
+
+    def stage() -> None:  # the export a publish follows (a hidden folder: the server does not look at it)
         staging = store.staging_dir()
         shutil.copytree(store.dir / "1", staging, dirs_exist_ok=True)
-        v = store.publish(staging, entry)
+        staged.append(staging)
+
+    def publish() -> None:
+        v = store.publish(staged.pop(), entry)
         client.notify(url)
         client.wait_available(url, "lenet", v)
 
@@ -127,6 +134,8 @@ def main(argv: list[str]) -> int:
         time.sleep(1.0)  # the child's start-up (imports) stays out of the first window
         for mode, action in modes.items():
             for _ in range(a.swaps):
+                if mode == "publish":
+                    stage()
                 worker.POOL.wait_warm()
                 q0 = time.perf_counter()
                 time.sleep(a.quiet)

@@ -7,9 +7,9 @@ compares a real ``workbench serve`` with and without the front end, byte for byt
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
-import os
 import socket
 import threading
 import time
@@ -495,28 +495,35 @@ def test_a_lone_clients_request_runs_on_the_front_ends_thread_only_for_a_quick_m
 class Pair:
     """Two front ends in one process standing in for two server processes on one port (a client connects to
     either's socket): they share the workers' table, and each passes connections to the other as the supervisor's
-    processes do (here by handing a duplicate of the socket straight to the other's adopt)."""
+    processes do, over a datagram socket the other's front end reads."""
 
     def __init__(self, fn: Any = model):
         self.table = bytearray(table_size(2))
         self.view = memoryview(self.table).cast("q")
         self.width = COLUMNS + 2
         self.passed: list[int] = [0, 0]
+        self.problems: list[str] = []
         self.rigs: list[Rig] = []
+        self.mail = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in (0, 1)]  # (to me, my inbox)
         for me in (0, 1):
             self.view[me * self.width + PID] = 1000 + me
-            self.rigs.append(Rig(balance=(self.table, me, self.width, 2, self._passer(me))))
+            inbox = self.mail[me][1].fileno()
+            self.rigs.append(Rig(balance=(self.table, me, self.width, 2, self._passer(me), inbox)))
             self.rigs[me].publish({1: self.rigs[me].lane(1, fn)}, live=1)
 
     def _passer(self, me: int) -> Any:
         def pass_fd(fd: int) -> bool:
             # (returns once the other counts it, as workers.Balancer counts the ones still on their way)
             theirs = self.view[(1 - me) * self.width + NATIVE]
-            self.rigs[1 - me].frontend.adopt(os.dup(fd))
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            self.mail[1 - me][0].sendmsg([str(me).encode()], rights)
             self.passed[me] += 1
             deadline = time.monotonic() + 5
             while self.view[(1 - me) * self.width + NATIVE] == theirs and time.monotonic() < deadline:
                 time.sleep(0.001)
+            taken = self.view[(1 - me) * self.width + COLUMNS + me]  # counted by the other as taken from me
+            if taken != self.passed[me]:
+                self.problems.append(f"{1 - me} counts {taken} taken from {me}, which passed {self.passed[me]}")
             return True
 
         return pass_fd
@@ -536,6 +543,10 @@ class Pair:
     def stop(self) -> None:
         for r in self.rigs:
             r.stop()
+        for pair in self.mail:
+            for s in pair:
+                s.close()
+        assert self.problems == []
 
 
 def test_connections_are_evened_out_between_processes_and_answered_where_they_went():

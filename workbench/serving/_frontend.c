@@ -17,7 +17,7 @@
  * With several server processes on one port (workbench.serving.workers), each has a front end, and they keep
  * their connections even through the table the processes share (Frontend.balance): a connection idle between
  * requests is passed to another process when this one has more than one above it or steps aside to load, and
- * one passed here is taken with Frontend.adopt.
+ * those passed here arrive on a datagram socket this thread reads.
  *
  * Threads: only the front end's thread touches connections; Slots are shared under their own locks; a Batch
  * belongs to the Python thread that took it.
@@ -368,8 +368,9 @@ typedef struct {
     Py_buffer view;
     volatile int64_t *t;
     Py_ssize_t me, width, count;   /* this process's row; row width; rows */
-    Py_ssize_t pid, open, draining, last, native; /* column indices */
+    Py_ssize_t pid, open, draining, last, native, took; /* column indices (took: the first of count) */
     PyObject *pass_fd;             /* pass_fd(fd) -> bool: sent to another process (this copy is then closed) */
+    int inbox;                     /* where the others' connections arrive (a Unix datagram socket) */
 } Balance;
 
 struct Frontend {
@@ -395,13 +396,9 @@ struct Frontend {
     atomic_long open, handed_off, served, passed, adopted;
     Balance *bal;            /* set before start, if several processes serve the port */
     atomic_int pass_wanted;  /* Frontend.pass_idle(): look at every idle connection */
-    atomic_int adopt_wanted; /* Frontend.adopt(fd) was called */
-    pthread_mutex_t adopt_lock;
-    int *adopt_fds;          /* Frontend.adopt(fd): taken by the front end's thread */
-    int nadopt, adopt_cap;
 };
 
-static char LISTEN_TAG, WAKE_TAG;
+static char LISTEN_TAG, WAKE_TAG, INBOX_TAG;
 
 static void wake(Frontend *fe) {
     uint64_t one = 1;
@@ -1068,17 +1065,36 @@ static void accept_all(Frontend *fe) {
     }
 }
 
-/* The connections other processes passed to this one (Frontend.adopt). */
-static void take_adopted(Frontend *fe) {
-    pthread_mutex_lock(&fe->adopt_lock);
-    int n = fe->nadopt, *fds = fe->adopt_fds;
-    fe->adopt_fds = NULL;
-    fe->nadopt = fe->adopt_cap = 0;
-    pthread_mutex_unlock(&fe->adopt_lock);
-    for (int i = 0; i < n; i++)
-        if (conn_add(fe, fds[i]) != NULL)
-            atomic_fetch_add(&fe->adopted, 1);
-    free(fds);
+/* Connections other processes passed here: each a datagram naming the sender's row, with the socket attached. */
+static void take_inbox(Frontend *fe) {
+    Balance *b = fe->bal;
+    for (int i = 0; i < 256; i++) {
+        char text[16];
+        char control[CMSG_SPACE(16 * sizeof(int))];
+        struct iovec iov = {.iov_base = text, .iov_len = sizeof text - 1};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+        ssize_t n = recvmsg(b->inbox, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0)
+            return; /* EAGAIN: all taken */
+        text[n] = 0;
+        char *end;
+        long source = strtol(text, &end, 10);
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            int nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *fds = (int *)CMSG_DATA(cm);
+            for (int k = 0; k < nfds; k++) {
+                if (end != text && source >= 0 && source < b->count)
+                    b->t[b->me * b->width + b->took + source] += 1; /* (the sender counts it arrived) */
+                if (atomic_load(&fe->stopping)) {
+                    close(fds[k]);
+                } else if (conn_add(fe, fds[k]) != NULL) {
+                    atomic_fetch_add(&fe->adopted, 1);
+                }
+            }
+        }
+    }
 }
 
 /* Frontend.pass_idle(): every idle connection the balance asks to move goes (the GIL taken once for all). */
@@ -1147,6 +1163,8 @@ static void *io_main(void *arg) {
             } else if (tag == &LISTEN_TAG) {
                 if (listening)
                     accept_all(fe);
+            } else if (tag == &INBOX_TAG) {
+                take_inbox(fe);
             } else {
                 Conn *c = tag;
                 if (c->fd < 0)
@@ -1159,8 +1177,6 @@ static void *io_main(void *arg) {
             }
         }
         take_done(fe);
-        if (atomic_exchange(&fe->adopt_wanted, 0))
-            take_adopted(fe);
         if (atomic_exchange(&fe->pass_wanted, 0) && !atomic_load(&fe->stopping))
             pass_idle(fe);
         free_dead(fe);
@@ -1184,11 +1200,6 @@ static void *io_main(void *arg) {
         conn_close(fe, c); /* (busy ones are freed when their answer comes, or at exit) */
     }
     free_dead(fe);
-    pthread_mutex_lock(&fe->adopt_lock); /* passed here too late */
-    for (int i = 0; i < fe->nadopt; i++)
-        close(fe->adopt_fds[i]);
-    fe->nadopt = 0;
-    pthread_mutex_unlock(&fe->adopt_lock);
     gil_take(fe);
     PyGILState_Release(gil);
     return NULL;
@@ -1932,7 +1943,6 @@ static int frontend_init(FrontendObject *self, PyObject *args, PyObject *kw) {
     }
     pthread_mutex_init(&fe->routes_lock, NULL);
     pthread_mutex_init(&fe->done_lock, NULL);
-    pthread_mutex_init(&fe->adopt_lock, NULL);
     fe->handoff = Py_NewRef(handoff);
     return 0;
 }
@@ -2036,60 +2046,37 @@ static PyObject *frontend_balance(FrontendObject *self, PyObject *args) {
     if (b == NULL)
         return PyErr_NoMemory();
     PyObject *pass_fd;
-    if (!PyArg_ParseTuple(args, "w*nnn(nnnnn)O:balance", &b->view, &b->me, &b->width, &b->count, &b->pid, &b->open,
-                          &b->draining, &b->last, &b->native, &pass_fd)) {
+    b->inbox = -1;
+    if (!PyArg_ParseTuple(args, "w*nnn(nnnnnn)O|i:balance", &b->view, &b->me, &b->width, &b->count, &b->pid,
+                          &b->open, &b->draining, &b->last, &b->native, &b->took, &pass_fd, &b->inbox)) {
         free(b);
         return NULL;
     }
-    Py_ssize_t cols[] = {b->pid, b->open, b->draining, b->last, b->native};
+    Py_ssize_t cols[] = {b->pid, b->open, b->draining, b->last, b->native, b->took + b->count - 1};
     int ok = fe->running == 0 && fe->bal == NULL && PyCallable_Check(pass_fd) && b->count > 0 && b->me >= 0 &&
              b->me < b->count && b->width > 0 && b->view.len >= (Py_ssize_t)(b->count * b->width * 8);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         ok = ok && cols[i] >= 0 && cols[i] < b->width;
     if (!ok) {
         PyBuffer_Release(&b->view);
         free(b);
-        PyErr_SetString(PyExc_ValueError, "balance(table, me, width, count, (pid, open, draining, last, native), "
-                                          "pass_fd): a table of count rows of width int64, before start()");
+        PyErr_SetString(PyExc_ValueError, "balance(table, me, width, count, (pid, open, draining, last, native, "
+                                          "took), pass_fd, inbox=-1): a table of count rows of width int64, before "
+                                          "start()");
         return NULL;
+    }
+    if (b->inbox >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &INBOX_TAG};
+        if (epoll_ctl(fe->epoll_fd, EPOLL_CTL_ADD, b->inbox, &ev) < 0) {
+            PyBuffer_Release(&b->view);
+            free(b);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
     }
     b->t = (volatile int64_t *)b->view.buf;
     b->pass_fd = Py_NewRef(pass_fd);
     fe->bal = b;
     bal_count(fe);
-    Py_RETURN_NONE;
-}
-
-static PyObject *frontend_adopt(FrontendObject *self, PyObject *arg) {
-    Frontend *fe = &self->fe;
-    long value = PyLong_AsLong(arg);
-    int fd = value > INT_MAX ? -1 : (int)value;
-    if (fd < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "adopt needs a file descriptor");
-        return NULL;
-    }
-    if (!fe->running || atomic_load(&fe->stopping)) {
-        close(fd);
-        Py_RETURN_NONE;
-    }
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    pthread_mutex_lock(&fe->adopt_lock);
-    if (fe->nadopt == fe->adopt_cap) {
-        int cap = fe->adopt_cap ? 2 * fe->adopt_cap : 16;
-        int *fds = realloc(fe->adopt_fds, (size_t)cap * sizeof *fds);
-        if (fds == NULL) {
-            pthread_mutex_unlock(&fe->adopt_lock);
-            close(fd);
-            return PyErr_NoMemory();
-        }
-        fe->adopt_fds = fds;
-        fe->adopt_cap = cap;
-    }
-    fe->adopt_fds[fe->nadopt++] = fd;
-    pthread_mutex_unlock(&fe->adopt_lock);
-    atomic_store(&fe->adopt_wanted, 1);
-    wake(fe);
     Py_RETURN_NONE;
 }
 
@@ -2134,9 +2121,6 @@ static void frontend_dealloc(FrontendObject *self) {
         Py_DECREF(fe->bal->pass_fd);
         free(fe->bal);
     }
-    for (int i = 0; i < fe->nadopt; i++)
-        close(fe->adopt_fds[i]);
-    free(fe->adopt_fds);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2152,11 +2136,11 @@ static PyMethodDef frontend_methods[] = {
      "stats() -> {'open', 'handed_off', 'served', 'passed', 'adopted'}: connections open here, handed to Python, "
      "requests answered, connections passed to other processes and taken from them."},
     {"balance", (PyCFunction)frontend_balance, METH_VARARGS,
-     "balance(table, me, width, count, (pid, open, draining, last, native), pass_fd): several processes serve "
-     "the port; table is their shared int64 rows (see workers.Balancer), this one's row me, whose native column "
-     "this front end keeps; pass_fd(fd) -> bool sends an idle connection to another process. Before start()."},
-    {"adopt", (PyCFunction)frontend_adopt, METH_O,
-     "adopt(fd): serve this connection (passed by another process, idle between requests) from now on."},
+     "balance(table, me, width, count, (pid, open, draining, last, native, took), pass_fd, inbox=-1): several "
+     "processes serve the port; table is their shared int64 rows (see workers.Balancer), this one's row me, whose "
+     "native column this front end keeps; pass_fd(fd) -> bool sends an idle connection to another process; the "
+     "connections others send arrive on the datagram socket inbox (each counted in row me's took columns). Before "
+     "start()."},
     {"pass_idle", (PyCFunction)frontend_pass_idle, METH_NOARGS,
      "pass_idle(): pass on every idle connection the balance asks to move (as when stepping aside to load)."},
     {NULL},

@@ -290,16 +290,16 @@ class NativeFrontend:
         metrics.native_handed_off.set((), stats["handed_off"])
         metrics.native_open.set((), stats["open"])
 
-    def balance(self, table: Any, me: int, width: int, count: int, pass_fd: Callable[[int], bool]) -> None:
+    def balance(
+        self, table: Any, me: int, width: int, count: int, pass_fd: Callable[[int], bool], inbox: int = -1
+    ) -> None:
         """Several server processes serve this port: keep connections even with the others through their shared
-        ``table`` (see workers.Balancer). Before :meth:`start`."""
-        from workbench.serving.workers import DRAINING, LAST_REQUEST, NATIVE, OPEN, PID
+        ``table`` (see workers.Balancer), taking those they pass on the datagram socket ``inbox`` (a file
+        descriptor; without the GIL). Before :meth:`start`."""
+        from workbench.serving.workers import COLUMNS, DRAINING, LAST_REQUEST, NATIVE, OPEN, PID
 
-        self._fe.balance(table, me, width, count, (PID, OPEN, DRAINING, LAST_REQUEST, NATIVE), pass_fd)
-
-    def adopt(self, fd: int) -> None:
-        """Serve the connection ``fd`` (another process passed it, idle between requests) from now on."""
-        self._fe.adopt(fd)
+        columns = (PID, OPEN, DRAINING, LAST_REQUEST, NATIVE, COLUMNS)
+        self._fe.balance(table, me, width, count, columns, pass_fd, inbox)
 
     def pass_idle(self) -> None:
         """Pass on every idle connection the balance asks to move (this process steps aside to load)."""

@@ -216,8 +216,8 @@ class Balancer:
     to hold up, then takes connections again. The workers take turns, so the others serve meanwhile.
 
     Where the native front end serves (:mod:`workbench.serving.native`), it owns most connections and does the
-    same in C from the same table (``Frontend.balance``): it keeps its own count there, and passes idle
-    connections through :meth:`pass_fd`; those passed to it go to it (``Frontend.adopt``).
+    same in C from the same table (``Frontend.balance``): it keeps its own count there, passes idle connections
+    through :meth:`pass_fd`, and takes those passed to it off the worker's datagram socket itself.
 
     The shared file ``connections`` has a row per worker, written only by it: its pid, its open connections
     (the Python server's), whether it is draining, when it last ran a request (ms of the monotonic clock), the
@@ -364,18 +364,16 @@ class Balancer:
                 except OSError:
                     return
                 for fd in fds:
-                    if frontend is not None:  # (straight from this thread: no hop through the loop)
-                        self._table[self._row + COLUMNS + int(msg or b"0")] += 1
-                        frontend.adopt(fd)
-                    else:
-                        loop.call_soon_threadsafe(took, int(msg or b"0"), fd)
+                    loop.call_soon_threadsafe(took, int(msg or b"0"), fd)
 
-        threading.Thread(target=receive, name="connections-in", daemon=True).start()
         self.server = server
         server.balancer = self
-        if frontend is not None:
+        if frontend is not None:  # it takes them itself, without the GIL (a few ms sooner each while one loads)
             self.frontend = frontend
-            frontend.balance(self._map, self.peers.index, self._width, self.peers.count, self.pass_fd)
+            index, width, count = self.peers.index, self._width, self.peers.count
+            frontend.balance(self._map, index, width, count, self.pass_fd, self._inbox.fileno())
+        else:
+            threading.Thread(target=receive, name="connections-in", daemon=True).start()
 
 
 class PeerApp:
