@@ -96,6 +96,7 @@ class Rig:
             lane.join(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
         self.sock.close()
         for s in self.clients:
             s.close()

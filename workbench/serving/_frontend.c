@@ -10,8 +10,9 @@
  *
  * Everything else (another method or route, a header it does not handle, a body the decoder does not read
  * exactly, a shape that is not the model's, a bad request of any kind) is never answered here: the connection,
- * with the bytes read from it so far, is handed to the Python server (the handoff callback gets its file
- * descriptor), which answers it as it answers every connection, errors worded alike. So this front end
+ * with the bytes read from it so far, is handed to the Python server (queued, with an eventfd its event loop
+ * watches: this thread never waits for the GIL to hand over), which answers it as it answers every connection,
+ * errors worded alike. So this front end
  * changes how fast the common request is answered, never what any request gets.
  *
  * With several server processes on one port (workbench.serving.workers), each has a front end, and they keep
@@ -363,6 +364,14 @@ typedef struct {
     char protocol; /* 'r' TF Serving REST, '2' KServe V2 */
 } Route;
 
+/* A connection on its way to the Python server, with what was read from it. */
+typedef struct Handoff {
+    struct Handoff *next;
+    int fd;
+    char *data;
+    size_t len;
+} Handoff;
+
 /* The table the server processes share (see workers.Balancer): a row of int64 per process. */
 typedef struct {
     Py_buffer view;
@@ -383,7 +392,9 @@ struct Frontend {
     double grace_until;
     double keep_alive;
     size_t max_body;
-    PyObject *handoff; /* handoff(fd, data): the Python server takes the connection */
+    int handoff_fd;    /* eventfd: connections queued for the Python server (Frontend.handoffs) */
+    pthread_mutex_t handoff_lock;
+    struct Handoff *handoff_head, *handoff_tail;
     PyThreadState *tstate; /* the front end thread's own, kept for its life (TensorFlow keeps per-thread state) */
     pthread_mutex_t routes_lock;
     Route *routes;
@@ -511,25 +522,34 @@ static void conn_forget(Frontend *fe, Conn *c) {
     conn_free(fe, c);
 }
 
-/* The Python server takes the connection, with what was read from it. */
+/* The Python server takes the connection, with what was read from it (queued for its event loop). */
 static void conn_handoff(Frontend *fe, Conn *c) {
     int fd = c->fd;
     epoll_ctl(fe->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
     conn_unlink(fe, c);
     c->fd = -1;
-    gil_take(fe);
-    PyObject *data = PyBytes_FromStringAndSize(c->in.p ? c->in.p : "", (Py_ssize_t)c->in.len);
-    /* Counted before the call: Python may answer the connection before the call returns here. */
-    atomic_fetch_add(&fe->handed_off, 1);
-    PyObject *res = data ? PyObject_CallFunction(fe->handoff, "iO", fd, data) : NULL;
-    if (res == NULL) {
-        atomic_fetch_sub(&fe->handed_off, 1);
-        PyErr_WriteUnraisable(fe->handoff);
+    Handoff *h = calloc(1, sizeof *h);
+    if (h == NULL) {
         close(fd);
+        conn_free(fe, c);
+        return;
     }
-    Py_XDECREF(res);
-    Py_XDECREF(data);
-    gil_give(fe);
+    h->fd = fd;
+    h->data = c->in.p; /* (the buffer goes with it) */
+    h->len = c->in.len;
+    c->in.p = NULL;
+    c->in.len = c->in.cap = 0;
+    atomic_fetch_add(&fe->handed_off, 1); /* (before: Python may answer it before this thread goes on) */
+    pthread_mutex_lock(&fe->handoff_lock);
+    if (fe->handoff_tail)
+        fe->handoff_tail->next = h;
+    else
+        fe->handoff_head = h;
+    fe->handoff_tail = h;
+    pthread_mutex_unlock(&fe->handoff_lock);
+    uint64_t one = 1;
+    ssize_t n = write(fe->handoff_fd, &one, sizeof one);
+    (void)n;
     conn_free(fe, c);
 }
 
@@ -1909,17 +1929,12 @@ static PyTypeObject SlotType = {
 };
 
 static int frontend_init(FrontendObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"listen_fd", "handoff", "max_body", "keep_alive", NULL};
+    static char *names[] = {"listen_fd", "max_body", "keep_alive", NULL};
     int fd;
-    PyObject *handoff;
     Py_ssize_t max_body;
     double keep_alive;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOnd:Frontend", names, &fd, &handoff, &max_body, &keep_alive))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ind:Frontend", names, &fd, &max_body, &keep_alive))
         return -1;
-    if (!PyCallable_Check(handoff)) {
-        PyErr_SetString(PyExc_TypeError, "handoff must be callable");
-        return -1;
-    }
     Frontend *fe = &self->fe;
     if (fe->epoll_fd > 0) {
         PyErr_SetString(PyExc_RuntimeError, "Frontend is already initialised");
@@ -1930,7 +1945,8 @@ static int frontend_init(FrontendObject *self, PyObject *args, PyObject *kw) {
     fe->keep_alive = keep_alive;
     fe->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     fe->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (fe->epoll_fd < 0 || fe->wake_fd < 0) {
+    fe->handoff_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fe->epoll_fd < 0 || fe->wake_fd < 0 || fe->handoff_fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -1943,7 +1959,7 @@ static int frontend_init(FrontendObject *self, PyObject *args, PyObject *kw) {
     }
     pthread_mutex_init(&fe->routes_lock, NULL);
     pthread_mutex_init(&fe->done_lock, NULL);
-    fe->handoff = Py_NewRef(handoff);
+    pthread_mutex_init(&fe->handoff_lock, NULL);
     return 0;
 }
 
@@ -2087,6 +2103,39 @@ static PyObject *frontend_pass_idle(FrontendObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *frontend_handoffs(FrontendObject *self, PyObject *unused) {
+    Frontend *fe = &self->fe;
+    uint64_t count;
+    ssize_t r = read(fe->handoff_fd, &count, sizeof count);
+    (void)r;
+    pthread_mutex_lock(&fe->handoff_lock);
+    Handoff *h = fe->handoff_head;
+    fe->handoff_head = fe->handoff_tail = NULL;
+    pthread_mutex_unlock(&fe->handoff_lock);
+    PyObject *list = PyList_New(0);
+    while (h) {
+        Handoff *next = h->next;
+        PyObject *item = list ? Py_BuildValue("(iy#)", h->fd, h->data ? h->data : "", (Py_ssize_t)h->len) : NULL;
+        if (item == NULL || PyList_Append(list, item) < 0)
+            close(h->fd); /* (out of memory: that client's connection closes) */
+        Py_XDECREF(item);
+        free(h->data);
+        free(h);
+        h = next;
+    }
+    return list;
+}
+
+static PyObject *frontend_handoff_fd(FrontendObject *self, void *closure) {
+    return PyLong_FromLong(self->fe.handoff_fd);
+}
+
+static PyGetSetDef frontend_getset[] = {
+    {"handoff_fd", (getter)frontend_handoff_fd, NULL,
+     "an eventfd, readable while connections wait for the Python server (take them with handoffs())", NULL},
+    {NULL},
+};
+
 static PyObject *frontend_stats(FrontendObject *self, PyObject *unused) {
     Frontend *fe = &self->fe;
     return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l}", "open", atomic_load(&fe->open), "handed_off",
@@ -2114,7 +2163,14 @@ static void frontend_dealloc(FrontendObject *self) {
         close(fe->epoll_fd);
     if (fe->wake_fd > 0)
         close(fe->wake_fd);
-    Py_XDECREF(fe->handoff);
+    for (Handoff *h = fe->handoff_head, *next; h; h = next) {
+        next = h->next;
+        close(h->fd);
+        free(h->data);
+        free(h);
+    }
+    if (fe->handoff_fd > 0)
+        close(fe->handoff_fd);
     if (fe->bal) {
         fe->bal->t[fe->bal->me * fe->bal->width + fe->bal->native] = 0;
         PyBuffer_Release(&fe->bal->view);
@@ -2132,6 +2188,9 @@ static PyMethodDef frontend_methods[] = {
     {"stop", (PyCFunction)frontend_stop, METH_VARARGS,
      "stop(grace=10): stop accepting, close idle connections, wait up to grace s for answers in hand, close the "
      "rest; returns when the thread has ended."},
+    {"handoffs", (PyCFunction)frontend_handoffs, METH_NOARGS,
+     "handoffs() -> [(fd, data_read)]: the connections handed to the Python server since the last call (each "
+     "its own to serve from now on, with what was read from it)."},
     {"stats", (PyCFunction)frontend_stats, METH_NOARGS,
      "stats() -> {'open', 'handed_off', 'served', 'passed', 'adopted'}: connections open here, handed to Python, "
      "requests answered, connections passed to other processes and taken from them."},
@@ -2151,9 +2210,10 @@ static PyTypeObject FrontendType = {
     .tp_basicsize = sizeof(FrontendObject),
     .tp_dealloc = (destructor)frontend_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Frontend(listen_fd, handoff, max_body, keep_alive): serves the predict requests of registered "
-              "routes from a thread of its own and hands every other connection to handoff(fd, data_read).",
+    .tp_doc = "Frontend(listen_fd, max_body, keep_alive): serves the predict requests of registered routes from a "
+              "thread of its own and hands every other connection to the Python server (handoffs()).",
     .tp_methods = frontend_methods,
+    .tp_getset = frontend_getset,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)frontend_init,
 };

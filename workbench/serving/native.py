@@ -269,16 +269,22 @@ class NativeFrontend:
         assert _native is not None
         self.sock = sock
         self.server = server
-        self._fe = _native.Frontend(sock.fileno(), self._handoff, max_body, keep_alive)
+        self._fe = _native.Frontend(sock.fileno(), max_body, keep_alive)
 
     def start(self) -> None:
         """Start accepting; the Python server's loop must be running (it takes the connections handed over)."""
+        loop = self.server.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(loop.add_reader, self._fe.handoff_fd, self._take_handoffs)
         self._fe.start()
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, wait up to ``grace`` s for the answers in hand, close every connection it holds."""
         self._fe.routes([])
         self._fe.stop(grace)
+        loop = self.server.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.remove_reader, self._fe.handoff_fd)
 
     def stats(self) -> dict[str, int]:
         return dict(self._fe.stats())
@@ -305,12 +311,9 @@ class NativeFrontend:
         """Pass on every idle connection the balance asks to move (this process steps aside to load)."""
         self._fe.pass_idle()
 
-    def _handoff(self, fd: int, data: bytes) -> None:  # the front end's thread, with the GIL
-        loop = self.server.loop
-        if loop is None or loop.is_closed():
-            socket.socket(fileno=fd).close()
-            return
-        loop.call_soon_threadsafe(self.server.adopt, fd, data)
+    def _take_handoffs(self) -> None:  # the Python server's loop
+        for fd, data in self._fe.handoffs():
+            self.server.adopt(fd, data)
 
     def publish(self, models: dict[str, ModelState]) -> None:
         """Serve the predict routes of ``models`` (the repository's whole table) from now on."""
