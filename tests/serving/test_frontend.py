@@ -557,7 +557,7 @@ def test_connections_are_evened_out_between_processes_and_answered_where_they_we
         clients = [a.connect() for _ in range(6)]  # all to the first process
         pair.settle([3, 3])  # one more than the other's and the next one goes over, before it is read
         assert pair.passed == [3, 0]
-        for rnd in range(3):
+        for _ in range(3):
             for s in clients:
                 s.sendall(post("/v1/models/m:predict", GOOD))
             for s in clients:
