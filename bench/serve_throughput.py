@@ -371,13 +371,14 @@ def main(argv: list[str]) -> int:
     global CLIENT
     CLIENT = a.client or ("native" if loadgen.native_available() else "python")
     os.environ.setdefault("WORKBENCH_PROMOTE_WARM", "0")  # no idle workers importing frameworks while we measure
-    # The limit runs TensorFlow as the server does: beside the native front end, with one CPU fewer intra-op threads
-    # (TensorFlow reads these before its first use). A row with TensorFlow's own default threads follows.
+    # The limit runs TensorFlow as the server does: with the intra-op threads each of its processes gets beside its
+    # native front end (TensorFlow reads these before its first use). A row with TensorFlow's own default threads
+    # follows.
     default_env = dict(os.environ)
-    from workbench.serving.workers import usable_cpus
+    from workbench.serving.workers import auto_workers, intra_op_threads
 
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(var, str(max(1, int(usable_cpus()) - 1)))
+        os.environ.setdefault(var, str(intra_op_threads(auto_workers(), native=True)))
     tmp = Path(tempfile.mkdtemp(prefix="serve-throughput-"))
     version_dir = export_lenet(tmp / "workspace")
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)

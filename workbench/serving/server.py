@@ -20,7 +20,7 @@ from workbench.serving.metrics import ServerMetrics
 from workbench.serving.native import NativeFrontend
 from workbench.serving.predlog import PredictionLog, db_path
 from workbench.serving.repository import ModelRepository
-from workbench.serving.workers import Balancer, PeerApp, Peers, listen, parse_workers, supervise, usable_cpus
+from workbench.serving.workers import Balancer, PeerApp, Peers, intra_op_threads, listen, parse_workers, supervise
 from workbench.workspace import Workspace
 
 
@@ -92,7 +92,7 @@ def run_worker(
         # The front end's thread (and, on a small machine, the clients) need a CPU the model's thread pool does not
         # fight them for: LeNet served 1.1-1.4x faster at every concurrency with 1 intra-op thread than 2 here.
         # (Worker processes get theirs from the supervisor: workers.supervise.)
-        threads = str(max(1, int(usable_cpus()) - 1))
+        threads = str(intra_op_threads(1, native=True))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
             os.environ.setdefault(var, threads)
     metrics = ServerMetrics()

@@ -76,6 +76,14 @@ def auto_workers() -> int:
     return 2 if usable_cpus() >= 2 else 1
 
 
+def intra_op_threads(workers: int, native: bool) -> int:
+    """The framework's intra-op threads in each of ``workers`` server processes: its share of the CPUs (their
+    thread pools would otherwise fight), less one for each front end's thread where the native front end serves,
+    at least 1."""
+    cpus = int(usable_cpus())
+    return max(1, (cpus - workers if native else cpus) // workers)
+
+
 def parse_workers(text: str | int) -> int:
     if str(text).strip().lower() == "auto":
         return auto_workers()
@@ -419,10 +427,7 @@ def supervise(count: int, host: str, port: int, workspace: Path, options: dict[s
     run_dir = Path(tempfile.mkdtemp(prefix="workbench-serve-"))
     (run_dir / "connections").write_bytes(bytes(table_size(count)))  # see Balancer
     env = dict(os.environ, WORKBENCH_WORKSPACE=str(workspace))
-    # Each worker's framework gets its share of the CPUs (their thread pools would otherwise fight); with the
-    # native front end, less a CPU for each front end's thread.
-    cpus = int(usable_cpus())
-    threads = str(max(1, (cpus - count if options.get("native") else cpus) // count))
+    threads = str(intra_op_threads(count, bool(options.get("native"))))
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         env.setdefault(var, threads)
 
