@@ -70,8 +70,9 @@ SERVE_NATIVE = Setting(
 SERVE_GATHER_US = Setting(
     "WORKBENCH_SERVE_GATHER_US",
     "150",
-    "native front end: while other clients are connected, a batch under a quarter of the max batch waits for more "
-    "requests as long as each comes within this many us of the one before (up to 2 ms; 0: only those queued)",
+    "native front end: while other clients are connected, a batch under a quarter of the max batch per server "
+    "process waits for more requests as long as each comes within this many us of the one before (up to 2 ms; 0: "
+    "only those queued)",
 )
 SERVE_PRELOAD = Setting(
     "WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)"

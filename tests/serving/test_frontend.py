@@ -326,6 +326,36 @@ def test_concurrent_clients_get_their_own_rows_in_shared_batches():
         r.stop()
 
 
+@pytest.mark.parametrize("processes, batches", [(1, [2, 2, 2]), (2, [4, 2])])
+def test_a_small_batch_waits_for_requests_on_their_way_up_to_its_share_of_the_max_batch(
+    monkeypatch, processes, batches
+):
+    # max batch 8: with one server process a batch waits for company until it has 2 rows (a quarter), with two
+    # until it has 4 (a quarter per process); it stops waiting once no request came within the gap (0.5 s here)
+    monkeypatch.setattr(native, "_GATHER_CAP", 3.0)
+    sizes: list[int] = []
+
+    def counting(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes.append(len(inputs["x"]))
+        return model(inputs)
+
+    r = Rig()
+    try:
+        r.publish({1: r.lane(1, counting, max_batch=8, gather=0.5, processes=processes)}, live=1)
+        clients = [r.connect() for _ in range(7)]  # one stays idle: the batch never holds every client
+        time.sleep(0.2)
+        xs = [np.full((1, 2, 3), i, np.float32) for i in range(6)]
+        for s, x in zip(clients[:6], xs, strict=True):
+            s.sendall(post("/v1/models/m:predict", {"instances": x.tolist()}))
+            time.sleep(0.05)
+        for s, x in zip(clients[:6], xs, strict=True):
+            got = json.loads(read_responses(s, 1)[0][2])["predictions"]
+            assert got == (x.sum(axis=2) / 3).tolist()
+        assert sizes == batches
+    finally:
+        r.stop()
+
+
 def test_clients_that_vanish_and_idle_connections():
     r = Rig(keep_alive=1.0)
     try:

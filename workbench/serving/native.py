@@ -92,6 +92,7 @@ class Lane:
         max_wait: float,
         metrics: ServerMetrics,
         gather: float = 0.0,
+        processes: int = 1,
         on_batch: Callable[[], None] | None = None,
         prediction_log: PredictionLog | None = None,
         log_sample: float = 0.0,
@@ -102,8 +103,12 @@ class Lane:
         self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait)
         self._metrics = metrics
         # Only a small batch waits for company: a model call's fixed cost dominates below a quarter of max_batch
-        # rows, while a bigger batch going at once lets the front end read the next one meanwhile.
-        self.gather, self.gather_rows = gather, max(1, self.max_batch // 4)
+        # rows, while a bigger batch going at once lets the front end read the next one meanwhile. Where other
+        # server processes (``processes`` in all) share the CPUs, their work fills that overlap instead, and
+        # a batch waits until it has a quarter of max_batch per process (LeNet at 64 connections on 2 CPUs, 2
+        # processes: batches of 19 -> 27 rows, +8% requests/s; 1 process: a half is no better than a quarter).
+        self.gather = gather
+        self.gather_rows = max(1, min(self.max_batch, self.max_batch * max(1, processes) // 4))
         self._on_batch = on_batch
         self._predlog, self._log_sample = prediction_log, log_sample
         self._labels = labels(model, version)

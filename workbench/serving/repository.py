@@ -428,6 +428,7 @@ class ModelRepository:
             max_wait=self.max_wait,
             metrics=self.metrics,
             gather=self.gather,
+            processes=self.peers.count if self.peers is not None else 1,
             on_batch=stamp,
             prediction_log=self.prediction_log,
             log_sample=self.log_sample,
