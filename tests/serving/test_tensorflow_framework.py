@@ -100,12 +100,58 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
     )
     runtime = SavedModelRuntime(tmp_path / "m")
     assert runtime._flat is not None  # the fast path passed its check against the keyword call
+    assert runtime.frozen  # with its one small variable folded in
     inputs = {"alpha": np.array([1, 2, 3]), "zeta": np.arange(12, dtype=np.float32).reshape(3, 4)}
     out = runtime.predict(inputs)
     assert out["twice"].tolist() == [2, 4, 6]
     assert out["score"].tolist() == [15.0, 40.0, 65.0]  # (0,1,2,3).w + alpha, rows 0..2
     keyword = runtime._call(inputs)
     assert all(np.array_equal(keyword[k].numpy(), out[k]) for k in out)
+
+
+def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_model(tmp_path, monkeypatch):
+    import numpy as np
+    import tensorflow as tf
+
+    from workbench.registry.frameworks import tensorflow as tf_fw
+
+    class Counting(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable([2.0, 3.0])
+            self.calls = tf.Variable(0, dtype=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            self.calls.assign_add(1)
+            return {"y": tf.reduce_sum(x * self.w, axis=1), "calls": tf.fill([tf.shape(x)[0]], self.calls)}
+
+    module = Counting()
+    tf.saved_model.save(
+        module, str(tmp_path / "c"), signatures={"serving_default": module.serve.get_concrete_function()}
+    )
+    runtime = tf_fw.SavedModelRuntime(tmp_path / "c")
+    assert not runtime.frozen  # (and its answers change from call to call, so the keyword call serves it)
+    first = runtime.predict({"x": np.ones((2, 2), np.float32)})
+    second = runtime.predict({"x": np.ones((1, 2), np.float32)})
+    assert first["y"].tolist() == [5.0, 5.0]
+    assert second["calls"][0] == first["calls"][0] + 1  # each call still counts
+
+    class Plain(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable([2.0, 3.0])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.reduce_sum(x * self.w, axis=1)}
+
+    plain = Plain()
+    tf.saved_model.save(plain, str(tmp_path / "p"), signatures={"serving_default": plain.serve.get_concrete_function()})
+    assert tf_fw.SavedModelRuntime(tmp_path / "p").frozen
+    monkeypatch.setattr(tf_fw, "FREEZE_MAX_BYTES", 4)  # its 8 bytes of weights are now "big"
+    big = tf_fw.SavedModelRuntime(tmp_path / "p")
+    assert not big.frozen and big.predict({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [5.0]
 
 
 def test_keras_exports_track_only_the_weights_unless_the_model_holds_other_resources(lenet, tmp_path):
