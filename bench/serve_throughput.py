@@ -77,6 +77,7 @@ def in_process(
     from workbench.registry.frameworks import get_framework
 
     runtime = get_framework(framework).load(version_dir)
+    runtime.optimize()  # as the server does once a version serves
     out = {c: in_process_level(runtime, c, duration) for c in levels}
     runtime.close()
     return out
@@ -280,6 +281,7 @@ def interleaved(
     from workbench.registry.frameworks import get_framework
 
     runtime = get_framework("tensorflow").load(version_dir)
+    runtime.optimize()  # as the server does once a version serves
     proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
     servers = [proc]
     targets = {

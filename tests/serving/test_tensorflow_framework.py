@@ -99,8 +99,9 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
         module, str(tmp_path / "m"), signatures={"serving_default": module.serve.get_concrete_function()}
     )
     runtime = SavedModelRuntime(tmp_path / "m")
-    assert runtime._flat is not None  # the fast path passed its check against the keyword call
-    assert runtime.frozen  # with its one small variable folded in
+    assert runtime._flat is not None and not runtime.frozen  # the fast path passed its check against the keyword call
+    assert runtime.optimize() and runtime.frozen  # its one small variable folded in (checked the same way)
+    assert not runtime.optimize()  # (done)
     inputs = {"alpha": np.array([1, 2, 3]), "zeta": np.arange(12, dtype=np.float32).reshape(3, 4)}
     out = runtime.predict(inputs)
     assert out["twice"].tolist() == [2, 4, 6]
@@ -131,7 +132,7 @@ def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_
         module, str(tmp_path / "c"), signatures={"serving_default": module.serve.get_concrete_function()}
     )
     runtime = tf_fw.SavedModelRuntime(tmp_path / "c")
-    assert not runtime.frozen  # (and its answers change from call to call, so the keyword call serves it)
+    assert not runtime.optimize() and not runtime.frozen  # (its answers change from call to call: keyword call)
     first = runtime.predict({"x": np.ones((2, 2), np.float32)})
     second = runtime.predict({"x": np.ones((1, 2), np.float32)})
     assert first["y"].tolist() == [5.0, 5.0]
@@ -148,10 +149,12 @@ def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_
 
     plain = Plain()
     tf.saved_model.save(plain, str(tmp_path / "p"), signatures={"serving_default": plain.serve.get_concrete_function()})
-    assert tf_fw.SavedModelRuntime(tmp_path / "p").frozen
+    assert tf_fw.SavedModelRuntime(tmp_path / "p").optimize()
     monkeypatch.setattr(tf_fw, "FREEZE_MAX_BYTES", 4)  # its 8 bytes of weights are now "big"
     big = tf_fw.SavedModelRuntime(tmp_path / "p")
-    assert not big.frozen and big.predict({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [5.0]
+    assert (
+        not big.optimize() and not big.frozen and big.predict({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [5.0]
+    )
 
 
 def test_keras_exports_track_only_the_weights_unless_the_model_holds_other_resources(lenet, tmp_path):

@@ -41,6 +41,13 @@ class Runtime(abc.ABC):
         the GIL in the framework call where possible).
         """
 
+    def optimize(self) -> bool:
+        """Make later predict calls faster where this runtime can, each change checked against its plain call on
+        a sample first; True if anything changed. The model server calls it once a version serves (or while
+        it loads, where no client waits meanwhile). It may run on another thread while predict runs, and where it
+        returns True the server then warms the runtime up with a few predict calls from that thread too."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook: most runtimes just let go of the model
         """Free what the runtime holds (e.g. stop its worker process). Called once, after its last predict."""
 
