@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -72,6 +73,14 @@ def test_new_version_goes_live_without_restart(trained, server, digits, publish)
     v2 = wb.promote(trained, model="live", checkpoint=2)  # returns once the server serves it
     assert wb.predict("live", digits[:2]).version == 2, server.log_text()[-2000:]
     print(f"promote to live: {time.monotonic() - t0:.2f} s; {v2.timings}")
+    first = predict_raw(server, "live", digits, "/versions/2")[1]
+    # the server folds the version's variables in once it serves (or while it loads, with its clients passed on)
+    done = re.compile(r"model live version 2 (optimized for serving|loaded, optimized for serving)")
+    deadline = time.monotonic() + 30
+    while not done.search(server.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert done.search(server.log_text()), server.log_text()[-2000:]
+    np.testing.assert_allclose(predict_raw(server, "live", digits, "/versions/2")[1], first, rtol=1e-6)
     assert server.proc.pid == pid and server.proc.poll() is None
 
 

@@ -179,3 +179,34 @@ def test_keras_exports_track_only_the_weights_unless_the_model_holds_other_resou
     out = runtime.predict({"word": np.array([["b"], ["zzz"]], dtype=object)})["score"]
     assert runtime._flat is not None  # string inputs too take the ordered call (through tf.constant)
     np.testing.assert_allclose(out, model(tf.constant([["b"], ["zzz"]])).numpy(), rtol=1e-5)
+
+
+def test_the_folded_function_may_differ_from_the_keyword_call_only_by_rounding(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from workbench.registry.frameworks.tensorflow import SavedModelRuntime
+
+    class Plain(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable([2.0, 3.0])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.reduce_sum(x * self.w, axis=1)}
+
+    plain = Plain()
+    tf.saved_model.save(plain, str(tmp_path / "p"), signatures={"serving_default": plain.serve.get_concrete_function()})
+    runtime = SavedModelRuntime(tmp_path / "p")
+
+    def off_by(relative: float):
+        def flat(inputs):
+            y = runtime._call(inputs)["y"].numpy()
+            return {"y": tf.constant(y * np.float32(1 + relative))}
+
+        return flat
+
+    assert runtime._checked(off_by(2e-7), rounding=True) is not None  # float rounding: a folded graph may do this
+    assert runtime._checked(off_by(2e-7)) is None  # the ordered call must match exactly
+    assert runtime._checked(off_by(1e-3), rounding=True) is None  # more than rounding: keep the plain call

@@ -376,11 +376,13 @@ class ModelRepository:
         framework = frameworks.get_framework(fw_name)
         self.settle(framework)
 
+        optimized = []
+
         def load() -> Runtime:
             runtime = framework.load(path)
             try:
                 if alone:  # no client of this process waits meanwhile (else: once it serves, see _optimize)
-                    runtime.optimize()
+                    optimized.append(runtime.optimize())
                 self._warm(runtime)
             except Exception:
                 runtime.close()
@@ -407,7 +409,8 @@ class ModelRepository:
         seconds = time.perf_counter() - t0
         self.metrics.load_seconds.observe(labels(name), seconds)
         self.metrics.loaded.set(lab, 1)
-        log.info("model %s version %s loaded and warmed up in %.2f s", name, version, seconds)
+        done = ", optimized for serving" if any(optimized) else ""
+        log.info("model %s version %s loaded%s and warmed up in %.2f s", name, version, done, seconds)
         return Servable(name, version, fw_name, runtime, batcher, lane)
 
     def _warm(self, runtime: Runtime) -> None:
