@@ -57,6 +57,17 @@ def test_server_loads_in_slices_only_while_serving_traffic(tmp_path: Path, monke
     assert isinstance(repo._yielding(), nullcontext)
 
 
+def _cmdline(pid: int) -> list[str]:
+    """The process's arguments. Right after a spawn they can read empty for a moment: the parent resumes once the
+    child has its new address space, and the kernel writes the new program's arguments into it just after."""
+    deadline = time.monotonic() + 5
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    while not raw and time.monotonic() < deadline:
+        time.sleep(0.01)
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return raw.decode().split("\0")
+
+
 def _nice(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
@@ -71,7 +82,7 @@ def test_promote_workers_run_below_the_server(monkeypatch: pytest.MonkeyPatch, s
         assert _nice(w.proc.pid) == min(19, base + 7)  # from the start: its interpreter's start-up runs niced too
         assert not background.runs_idle(w.proc.pid)
         assert w.priority == "nice 7"  # what promote records in the version's validation info
-        assert ("--spare" in Path(f"/proc/{w.proc.pid}/cmdline").read_bytes().decode().split("\0")) == spare
+        assert ("--spare" in _cmdline(w.proc.pid)) == spare
     finally:
         w.discard()
 
