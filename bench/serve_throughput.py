@@ -71,13 +71,19 @@ def export_lenet(workspace: Path) -> Path:
     return v.path
 
 
-def in_process(
-    version_dir: Path, levels: list[int], duration: float, framework: str = "tensorflow"
-) -> dict[int, dict[str, float]]:
+def served_runtime(version_dir: Path, framework: str) -> Any:
+    """The version's runtime as the server runs it: loaded, then optimized (as once a version serves)."""
     from workbench.registry.frameworks import get_framework
 
     runtime = get_framework(framework).load(version_dir)
-    runtime.optimize()  # as the server does once a version serves
+    runtime.optimize()
+    return runtime
+
+
+def in_process(
+    version_dir: Path, levels: list[int], duration: float, framework: str = "tensorflow"
+) -> dict[int, dict[str, float]]:
+    runtime = served_runtime(version_dir, framework)
     out = {c: in_process_level(runtime, c, duration) for c in levels}
     runtime.close()
     return out
@@ -278,10 +284,7 @@ def interleaved(
     """In-process, workbench REST and V2 (and REST on the Python request path, unless ``single`` is False)
     measured in alternating rounds at each level, so that drift in the shared machine's load hits them alike; each
     target's round with the median throughput, and each round's ratio."""
-    from workbench.registry.frameworks import get_framework
-
-    runtime = get_framework("tensorflow").load(version_dir)
-    runtime.optimize()  # as the server does once a version serves
+    runtime = served_runtime(version_dir, "tensorflow")
     proc, url = start_workbench(tmp / "workspace", tmp / "workbench.log")
     servers = [proc]
     targets = {

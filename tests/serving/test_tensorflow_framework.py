@@ -110,6 +110,23 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
     assert all(np.array_equal(keyword[k].numpy(), out[k]) for k in out)
 
 
+def save_plain(path):
+    """A SavedModel whose function reads one small variable and writes none: y = x . (2, 3)."""
+    import tensorflow as tf
+
+    class Plain(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable([2.0, 3.0])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.reduce_sum(x * self.w, axis=1)}
+
+    plain = Plain()
+    tf.saved_model.save(plain, str(path), signatures={"serving_default": plain.serve.get_concrete_function()})
+
+
 def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_model(tmp_path, monkeypatch):
     import numpy as np
     import tensorflow as tf
@@ -138,17 +155,7 @@ def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_
     assert first["y"].tolist() == [5.0, 5.0]
     assert second["calls"][0] == first["calls"][0] + 1  # each call still counts
 
-    class Plain(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable([2.0, 3.0])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": tf.reduce_sum(x * self.w, axis=1)}
-
-    plain = Plain()
-    tf.saved_model.save(plain, str(tmp_path / "p"), signatures={"serving_default": plain.serve.get_concrete_function()})
+    save_plain(tmp_path / "p")
     assert tf_fw.SavedModelRuntime(tmp_path / "p").optimize()
     monkeypatch.setattr(tf_fw, "FREEZE_MAX_BYTES", 4)  # its 8 bytes of weights are now "big"
     big = tf_fw.SavedModelRuntime(tmp_path / "p")
@@ -187,17 +194,7 @@ def test_the_folded_function_may_differ_from_the_keyword_call_only_by_rounding(t
 
     from workbench.registry.frameworks.tensorflow import SavedModelRuntime
 
-    class Plain(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable([2.0, 3.0])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": tf.reduce_sum(x * self.w, axis=1)}
-
-    plain = Plain()
-    tf.saved_model.save(plain, str(tmp_path / "p"), signatures={"serving_default": plain.serve.get_concrete_function()})
+    save_plain(tmp_path / "p")
     runtime = SavedModelRuntime(tmp_path / "p")
 
     def off_by(relative: float):

@@ -291,10 +291,8 @@ class ModelRepository:
         wanted = self._wanted(data, on_disk, failed)
         serving = dict(servables)  # what requests see until the swap below
         new = sorted(wanted - set(servables) - set(failed), reverse=True)
-        later = []  # versions to optimize once they serve (see _load)
         with self._aside(name, {v: _mtime(on_disk[v]) for v in new}) as alone:
-            if not alone:
-                later = new
+            later = [] if alone else new  # optimized once they serve (see _load)
             for v in new:
                 self._set(name, ModelState(name, data, serving, dict(failed), frozenset(new)))
                 try:
@@ -376,27 +374,25 @@ class ModelRepository:
         framework = frameworks.get_framework(fw_name)
         self.settle(framework)
 
-        optimized = []
-
-        def load() -> Runtime:
+        def load() -> tuple[Runtime, bool]:
             runtime = framework.load(path)
             try:
-                if alone:  # no client of this process waits meanwhile (else: once it serves, see _optimize)
-                    optimized.append(runtime.optimize())
+                # no client of this process waits meanwhile (else: once it serves, see _optimize)
+                optimized = alone and runtime.optimize()
                 self._warm(runtime)
             except Exception:
                 runtime.close()
                 raise
-            return runtime
+            return runtime, optimized
 
         if not alone:
             with self._yielding():
-                runtime = load()
+                runtime, optimized = load()
         elif framework.loads_without_new_threads:
             # Other worker processes serve every client meanwhile: load flat out, but only on CPU time they leave.
-            runtime = on_low_priority_thread(load)
+            runtime, optimized = on_low_priority_thread(load)
         else:
-            runtime = load()
+            runtime, optimized = load()
         lab = labels(name, version)
         batcher = Batcher(
             runtime.predict,
@@ -409,7 +405,7 @@ class ModelRepository:
         seconds = time.perf_counter() - t0
         self.metrics.load_seconds.observe(labels(name), seconds)
         self.metrics.loaded.set(lab, 1)
-        done = ", optimized for serving" if any(optimized) else ""
+        done = ", optimized for serving" if optimized else ""
         log.info("model %s version %s loaded%s and warmed up in %.2f s", name, version, done, seconds)
         return Servable(name, version, fw_name, runtime, batcher, lane)
 
