@@ -94,7 +94,7 @@ def promote(framework: str, workspace: Path) -> tuple[str, Path]:
 def in_process(framework: str, version_dir: Path, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
     """The batched in-process limit, in the framework's own interpreter."""
     from bench.serve_throughput import in_process as measure
-    from workbench.registry.frameworks import get_framework
+    from workbench.serving.model.frameworks import get_framework
 
     python = get_framework(framework).python()
     if python is None:

@@ -73,7 +73,7 @@ def export_lenet(workspace: Path) -> Path:
 
 def served_runtime(version_dir: Path, framework: str) -> Any:
     """The version's runtime as the server runs it: loaded, then optimized (as once a version serves)."""
-    from workbench.registry.frameworks import get_framework
+    from workbench.serving.model.frameworks import get_framework
 
     runtime = get_framework(framework).load(version_dir)
     runtime.optimize()

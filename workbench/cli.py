@@ -198,12 +198,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return serve(
         a.host,
         a.port,
+        grpc_port=a.grpc_port,
+        workers=a.workers,
         poll=a.poll,
         max_batch=a.max_batch,
         max_wait_ms=a.max_wait_ms,
         log_sample=a.log_sample,
-        workers=a.workers,
-        native=a.native,
     )
 
 
@@ -280,17 +280,17 @@ def parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(fn=cmd_models)
 
-    s = sub.add_parser("serve", help="run the model server (TF Serving REST + KServe V2) over the workspace's models/")
+    s = sub.add_parser(
+        "serve", help="run the model server (TF Serving and KServe V2, REST and gRPC) over the workspace's models/"
+    )
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--port", type=int, default=8501, help="REST port")
+    s.add_argument("--grpc-port", type=int, help="gRPC port, default 8500; 0: no gRPC (WORKBENCH_SERVE_GRPC_PORT)")
     s.add_argument("--poll", type=float, help="seconds between scans of models/ (WORKBENCH_SERVE_POLL)")
     s.add_argument("--max-batch", type=int, help="rows per batched model call (WORKBENCH_SERVE_MAX_BATCH)")
     s.add_argument("--max-wait-ms", type=float, help="ms a batch waits for more requests (WORKBENCH_SERVE_MAX_WAIT_MS)")
     s.add_argument("--log-sample", type=float, help="fraction of predictions logged (WORKBENCH_SERVE_LOG_SAMPLE)")
-    s.add_argument("--workers", help="server processes on the port: a number or auto (WORKBENCH_SERVE_WORKERS)")
-    s.add_argument(
-        "--native", choices=["auto", "off"], help="predict requests answered in C: auto or off (WORKBENCH_SERVE_NATIVE)"
-    )
+    s.add_argument("--workers", help="server processes sharing the ports: a number or auto (WORKBENCH_SERVE_WORKERS)")
     s.set_defaults(fn=cmd_serve)
     return p
 

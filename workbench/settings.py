@@ -58,21 +58,31 @@ PROMOTE_PRIORITY = Setting(
 )
 SERVE_WORKERS = Setting(
     "WORKBENCH_SERVE_WORKERS",
-    "auto",
-    "model server processes on the port (auto: 1 where the native front end serves, else 2 with 2+ CPUs)",
+    "1",
+    "model server processes (uvicorn workers) sharing the REST and gRPC ports; each loads every model",
 )
-SERVE_NATIVE = Setting(
-    "WORKBENCH_SERVE_NATIVE",
-    "auto",
-    "predict requests answered by the C front end: 'auto' (where it is built, with one server process and no "
-    "prediction log), or 'off' (every request in Python)",
+SERVE_GRPC_PORT = Setting(
+    "WORKBENCH_SERVE_GRPC_PORT", "8500", "model server's gRPC port (TF Serving and KServe V2 services); 0: no gRPC"
 )
-SERVE_GATHER_US = Setting(
-    "WORKBENCH_SERVE_GATHER_US",
-    "150",
-    "native front end: while other clients are connected, a batch under a quarter of the max batch per server "
-    "process waits for more requests as long as each comes within this many us of the one before (up to 2 ms; 0: "
-    "only those queued)",
+SERVE_MAX_CONNECTIONS = Setting(
+    "WORKBENCH_SERVE_MAX_CONNECTIONS", "1000", "open HTTP connections per server process; past it requests get a 503"
+)
+SERVE_HEADER_TIMEOUT_S = Setting(
+    "WORKBENCH_SERVE_HEADER_TIMEOUT", "10", "seconds a client has to send a request's line and headers (0: no limit)"
+)
+SERVE_BODY_TIMEOUT_S = Setting(
+    "WORKBENCH_SERVE_BODY_TIMEOUT", "30", "seconds a client has to send a request's body once its headers arrived"
+)
+SERVE_KEEP_ALIVE_S = Setting(
+    "WORKBENCH_SERVE_KEEP_ALIVE", "60", "seconds an idle keep-alive HTTP connection stays open"
+)
+SERVER_TOKEN = Setting(
+    "WORKBENCH_SERVER_TOKEN",
+    "",
+    "bearer token of the model server: required on /workbench/* routes when set (clients send it too)",
+)
+SERVER_TOKEN_SCOPE = Setting(
+    "WORKBENCH_SERVER_TOKEN_SCOPE", "admin", "what the token guards: 'admin' (/workbench/*) or 'all' (all but health)"
 )
 SERVE_PRELOAD = Setting(
     "WORKBENCH_SERVE_PRELOAD", "tensorflow", "frameworks the model server imports at start (comma list)"

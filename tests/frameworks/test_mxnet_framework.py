@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from workbench.registry import worker
-from workbench.registry.frameworks import get_framework
-from workbench.registry.signature import Signature
+from workbench.serving.model.frameworks import get_framework
+from workbench.serving.model.signature import Signature
 
 from ..serving.framework_suite import FrameworkSuite
 from .conftest import MXNET_TRAIN

@@ -117,7 +117,7 @@ def test_the_server_runs_mxnet_models_in_a_worker_of_the_mxnet_environment(train
     workers = [
         p
         for p in psutil.Process(server.proc.pid).children(recursive=True)
-        if "workbench.registry.frameworks.remote" in p.cmdline()
+        if "workbench.serving.model.frameworks.remote" in p.cmdline()
     ]
     assert len(workers) >= 1 and all(Path(p.cmdline()[0]) == Path(mxnet_python) for p in workers)
     mine = next(p for p in workers if any("mx-worker" in part for part in p.cmdline()))

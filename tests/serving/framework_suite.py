@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from workbench.errors import CheckpointError, RegistryError
-from workbench.registry.frameworks import get_framework
-from workbench.registry.validation import check_outputs
+from workbench.serving.model.frameworks import get_framework
+from workbench.serving.model.validation import check_outputs
 
 
 class FrameworkSuite:

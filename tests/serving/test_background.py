@@ -235,7 +235,7 @@ def test_free_cpus_are_what_the_quota_leaves(monkeypatch: pytest.MonkeyPatch) ->
 def tiny_export(tmp_path: Path) -> Path:
     import keras
 
-    from workbench.registry.frameworks.tensorflow import export_keras
+    from workbench.serving.model.frameworks.tensorflow import export_keras
 
     model = keras.Sequential([keras.Input((8,), name="x"), keras.layers.Dense(4, name="y")])
     export_keras(model, tmp_path / "export")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.registry.signature import InputError, Signature, TensorSpec
+from workbench.serving.model.signature import InputError, Signature, TensorSpec
 from workbench.serving import tfserving, v2
 
 ONE = Signature((TensorSpec("image", "float32", (None, 2, 2)),), (TensorSpec("p", "float32", (None, 3)),))

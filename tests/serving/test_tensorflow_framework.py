@@ -46,7 +46,7 @@ def test_tf_train_checkpoint_and_saved_model_dir(lenet, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from workbench.registry.frameworks import get_framework
+    from workbench.serving.model.frameworks import get_framework
 
     tf_fw = get_framework("tensorflow")
     prefix = tf.train.Checkpoint(model=lenet, optimizer=keras.optimizers.Adam()).save(str(tmp_path / "tf" / "ckpt"))
@@ -78,7 +78,7 @@ def test_runtime_calls_the_signature_with_ordered_inputs_and_gets_the_same_answe
     import numpy as np
     import tensorflow as tf
 
-    from workbench.registry.frameworks.tensorflow import SavedModelRuntime
+    from workbench.serving.model.frameworks.tensorflow import SavedModelRuntime
 
     class TwoInputs(tf.Module):
         def __init__(self):
@@ -131,7 +131,7 @@ def test_runtime_keeps_the_variables_of_a_function_that_writes_them_or_of_a_big_
     import numpy as np
     import tensorflow as tf
 
-    from workbench.registry.frameworks import tensorflow as tf_fw
+    from workbench.serving.model.frameworks import tensorflow as tf_fw
 
     class Counting(tf.Module):
         def __init__(self):
@@ -169,8 +169,8 @@ def test_keras_exports_track_only_the_weights_unless_the_model_holds_other_resou
     import numpy as np
     import tensorflow as tf
 
-    from workbench.registry.frameworks import get_framework
-    from workbench.registry.frameworks.tensorflow import export_keras
+    from workbench.serving.model.frameworks import get_framework
+    from workbench.serving.model.frameworks.tensorflow import export_keras
 
     export_keras(lenet, tmp_path / "light")
     loaded = tf.saved_model.load(str(tmp_path / "light"))
@@ -192,7 +192,7 @@ def test_the_folded_function_may_differ_from_the_keyword_call_only_by_rounding(t
     import numpy as np
     import tensorflow as tf
 
-    from workbench.registry.frameworks.tensorflow import SavedModelRuntime
+    from workbench.serving.model.frameworks.tensorflow import SavedModelRuntime
 
     save_plain(tmp_path / "p")
     runtime = SavedModelRuntime(tmp_path / "p")

@@ -1,6 +1,6 @@
 """The model registry: promote checkpoints to versioned, validated serving exports in ``models/<name>/``.
 
-``promote`` exports through a framework plugin (:mod:`workbench.registry.frameworks`),
+``promote`` exports through a framework plugin (:mod:`workbench.serving.model.frameworks`),
 validates in a fresh process and publishes atomically; :class:`ModelStore`
 keeps versions, labels, the live version and the traffic split in ``model.json``.
 """

@@ -12,9 +12,10 @@ import numpy as np
 
 from workbench.checkpoints import Checkpoint, list_checkpoints
 from workbench.errors import CheckpointError, JobNotFound, RegistryError
-from workbench.registry import frameworks, worker
-from workbench.registry.signature import Signature
+from workbench.registry import worker
 from workbench.registry.store import VERSION_JSON, ModelStore, check_name
+from workbench.serving.model import frameworks
+from workbench.serving.model.signature import Signature
 from workbench.workspace import Workspace, read_json, write_json_atomic
 
 # Tried in order when checkpoint="best" and no metric is named.

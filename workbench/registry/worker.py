@@ -72,7 +72,7 @@ def _export(framework: Any, req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate(framework: Any, req: dict[str, Any]) -> dict[str, Any]:
-    from workbench.registry.validation import check_outputs, sample_inputs
+    from workbench.serving.model.validation import check_outputs, sample_inputs
 
     t0 = time.perf_counter()
     runtime = framework.load(Path(req["dir"]))
@@ -94,7 +94,7 @@ OPS = {"export": _export, "validate": _validate}
 
 
 def main(argv: list[str]) -> int:
-    from workbench.registry.frameworks import get_framework
+    from workbench.serving.model.frameworks import get_framework
 
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the framework or user code prints goes to the log, not into our answer

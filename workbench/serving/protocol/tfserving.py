@@ -15,8 +15,9 @@ import binascii
 from typing import Any
 
 import numpy as np
+import orjson
 
-from workbench.registry.signature import InputError, Signature, TensorSpec, coerce
+from workbench.serving.model.signature import InputError, Signature, TensorSpec, coerce
 
 DT = {
     "float32": "DT_FLOAT",
@@ -35,8 +36,38 @@ DT = {
 }
 
 
+def decode_predict(raw: bytes, signature: Signature) -> tuple[dict[str, np.ndarray], str]:
+    """A predict body: its inputs as batched arrays, and its format ("row" or "columnar"). Raises InputError."""
+    body = loads(raw)
+    try:
+        return parse_predict(body, signature)
+    except RecursionError:  # a string input nested deeper than Python recurses
+        raise InputError("the inputs are nested too deeply") from None
+
+
+def loads(raw: bytes) -> Any:
+    """A JSON body (orjson), or InputError."""
+    if not raw:
+        raise InputError("empty body; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e}") from None
+
+
+def dumps(body: Any) -> bytes:
+    """A JSON answer (orjson; numpy arrays written directly, other array types through ``tolist``)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} cannot be written as JSON")
+
+
 def parse_predict(body: Any, signature: Signature) -> tuple[dict[str, np.ndarray], str]:
-    """The request's inputs as batched arrays, and its format ("row" or "columnar"). Raises InputError."""
+    """A decoded predict body's inputs as batched arrays, and its format ("row" or "columnar"). Raises InputError."""
     if not isinstance(body, dict):
         raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar format)')
     name = body.get("signature_name")
@@ -133,6 +164,11 @@ def _no_extra(given: dict[str, Any], sig: Signature) -> None:
     extra = set(given) - {t.name for t in sig.inputs}
     if extra:
         raise InputError(f"unknown inputs {', '.join(sorted(extra))}; this model takes {sig.input_names()}")
+
+
+def encode_predict(outputs: dict[str, np.ndarray], signature: Signature, fmt: str) -> bytes:
+    """The predict answer's bytes."""
+    return dumps(predict_body(outputs, signature, fmt))
 
 
 def predict_body(outputs: dict[str, np.ndarray], signature: Signature, fmt: str) -> dict[str, Any]:

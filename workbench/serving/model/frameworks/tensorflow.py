@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import CheckpointError, RegistryError
-from workbench.registry.builder import resolve_builder
-from workbench.registry.frameworks.base import Framework, Runtime
-from workbench.registry.signature import Signature, TensorSpec
+from workbench.serving.model.frameworks.base import Framework, Runtime
+from workbench.serving.model.frameworks.builder import resolve_builder
+from workbench.serving.model.signature import Signature, TensorSpec
 
 SIGNATURE_KEY = "serving_default"
 

@@ -1,7 +1,7 @@
 """The interface a framework plugin implements (export for the registry, load for the server).
 
 A plugin is a class with a no-argument constructor, registered by name in
-:mod:`workbench.registry.frameworks`. Its module must import nothing heavy at
+:mod:`workbench.serving.model.frameworks`. Its module must import nothing heavy at
 import time: the framework itself is imported inside the methods, so
 ``import workbench`` stays fast and a missing framework gives an install hint.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.registry.signature import Signature
+from workbench.serving.model.signature import Signature
 
 
 class Runtime(abc.ABC):

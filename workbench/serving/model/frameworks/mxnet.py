@@ -5,7 +5,7 @@ found like a job's: :func:`workbench.environments.for_framework`). Export and
 the validation gate run in worker processes of that environment
 (:meth:`MXNet.python`); the model server, which runs beside TensorFlow, serves
 each MXNet version from a long-lived worker process of it
-(:class:`~workbench.registry.frameworks.remote.RemoteRuntime`). Inside the
+(:class:`~workbench.serving.model.frameworks.remote.RemoteRuntime`). Inside the
 MXNet environment the model runs in-process (:class:`SymbolRuntime`).
 
 Checkpoints taken:
@@ -38,9 +38,9 @@ import numpy as np
 
 from workbench import environments
 from workbench.errors import CheckpointError, RegistryError
-from workbench.registry.builder import resolve_builder
-from workbench.registry.frameworks.base import Framework, Runtime
-from workbench.registry.signature import Signature, TensorSpec
+from workbench.serving.model.frameworks.base import Framework, Runtime
+from workbench.serving.model.frameworks.builder import resolve_builder
+from workbench.serving.model.signature import Signature, TensorSpec
 
 PREFIX = "model"
 SYMBOL, PARAMS, SIGNATURE = f"{PREFIX}-symbol.json", f"{PREFIX}-0000.params", f"{PREFIX}-signature.json"
@@ -98,7 +98,7 @@ class MXNet(Framework):
     def load(self, version_dir: Path) -> Runtime:
         if mxnet_here():
             return SymbolRuntime(version_dir)
-        from workbench.registry.frameworks.remote import RemoteRuntime
+        from workbench.serving.model.frameworks.remote import RemoteRuntime
 
         python = self.python()
         assert python is not None  # python() raises when there is no MXNet anywhere

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import CheckpointError, RegistryError
-from workbench.registry.builder import resolve_builder
-from workbench.registry.frameworks.base import Framework, Runtime
-from workbench.registry.signature import Signature, TensorSpec
+from workbench.serving.model.frameworks.base import Framework, Runtime
+from workbench.serving.model.frameworks.builder import resolve_builder
+from workbench.serving.model.signature import Signature, TensorSpec
 
 PROGRAM = "model.pt2"
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import ValidationError
-from workbench.registry.signature import InputError, Signature, coerce
+from workbench.serving.model.signature import InputError, Signature, coerce
 
 
 def sample_inputs(signature: Signature, sample: Any = None, batch: int = 2) -> dict[str, np.ndarray]:

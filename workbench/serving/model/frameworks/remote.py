@@ -3,7 +3,7 @@
 MXNet 1.9 needs numpy<1.24 and cannot be imported beside TensorFlow, so the
 server (in the TensorFlow environment) runs MXNet models in a child process of
 the MXNet environment: :class:`RemoteRuntime` is the server's side,
-``python -m workbench.registry.frameworks.remote FRAMEWORK VERSION_DIR`` the
+``python -m workbench.serving.model.frameworks.remote FRAMEWORK VERSION_DIR`` the
 child's, which loads the version with the framework's own (in-process)
 runtime and answers predict requests until its stdin closes.
 
@@ -31,8 +31,8 @@ from typing import IO, Any
 import numpy as np
 
 from workbench.errors import RegistryError
-from workbench.registry.frameworks.base import Runtime
-from workbench.registry.signature import Signature
+from workbench.serving.model.frameworks.base import Runtime
+from workbench.serving.model.signature import Signature
 
 START_TIMEOUT_S = 300
 Arrays = dict[str, np.ndarray]
@@ -151,7 +151,7 @@ def _stop(box: list[subprocess.Popen[bytes] | None]) -> None:
 
 def main(argv: list[str]) -> int:
     """The child: load the version in-process, then answer predict requests until stdin closes."""
-    from workbench.registry.frameworks import get_framework
+    from workbench.serving.model.frameworks import get_framework
 
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what the framework prints goes to the log, not into the protocol

@@ -1,12 +1,12 @@
 """Framework plugins for export (registry) and model loading (server), chosen by name.
 
 ``FRAMEWORKS`` maps a name to ``"module:Class"`` (a
-:class:`~workbench.registry.frameworks.base.Framework`) and an install hint.
+:class:`~workbench.serving.model.frameworks.base.Framework`) and an install hint.
 The module is imported only when the framework is used, so a missing
 framework gives the hint instead of a traceback at ``import workbench``.
 
 Adding a framework (e.g. PyTorch, MXNet) takes one module implementing
-:class:`~workbench.registry.frameworks.base.Framework` and one line here.
+:class:`~workbench.serving.model.frameworks.base.Framework` and one line here.
 The shared test suite in ``tests/serving/framework_suite.py`` runs against a
 plugin given a fixture that writes a checkpoint.
 """
@@ -17,13 +17,16 @@ from pathlib import Path
 
 from workbench.errors import RegistryError
 from workbench.plugins import instantiate
-from workbench.registry.frameworks.base import Framework, Runtime
+from workbench.serving.model.frameworks.base import Framework, Runtime
 
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     # name: ("module:Class", install hint)
-    "tensorflow": ("workbench.registry.frameworks.tensorflow:TensorFlow", "pip install 'workbench[tensorflow]'"),
-    "pytorch": ("workbench.registry.frameworks.pytorch:PyTorch", "pip install 'workbench[pytorch]'"),
-    "mxnet": ("workbench.registry.frameworks.mxnet:MXNet", "bash scripts/setup-frameworks.sh (builds .venv-mxnet)"),
+    "tensorflow": ("workbench.serving.model.frameworks.tensorflow:TensorFlow", "pip install 'workbench[tensorflow]'"),
+    "pytorch": ("workbench.serving.model.frameworks.pytorch:PyTorch", "pip install 'workbench[pytorch]'"),
+    "mxnet": (
+        "workbench.serving.model.frameworks.mxnet:MXNet",
+        "bash scripts/setup-frameworks.sh (builds .venv-mxnet)",
+    ),
 }
 ALIASES = {"keras": "tensorflow", "tf": "tensorflow"}
 

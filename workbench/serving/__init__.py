@@ -1,0 +1,1 @@
+"""The model server: protocols (:mod:`.protocol`), models (:mod:`.model`), transports (:mod:`.transport`)."""

@@ -1,0 +1,1 @@
+"""The model layer: signatures, framework runtimes, the repository of loaded versions, and batching."""
