@@ -16,15 +16,8 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# The model server's C decoder and front end (setup.py) are built by pip: a C compiler and Python's headers, from apt if missing.
-if ! command -v cc >/dev/null || [ ! -e "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
-  echo "installing a C compiler and Python's headers with apt-get"
-  apt-get update -qq && apt-get install -y -qq gcc python3-dev >/dev/null \
-    || echo "warning: no C compiler: the model server will decode requests in Python (slower)"
-fi
-
 stamp=.venv/.workbench-setup
-want=$(cat pyproject.toml setup.py scripts/setup.sh workbench/serving/_native.c workbench/serving/_frontend.c workbench/serving/_loadgen.c workbench/serving/_decode.h | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -87,7 +87,10 @@ SERVICES: dict[str, ServiceDef] = {
     "server": ServiceDef(
         "server",
         8501,
-        lambda ws, o, port: [sys.executable, "-m", "workbench", "serve", "--host", o.host, "--port", str(port)],
+        lambda ws, o, port: [
+            *(sys.executable, "-m", "workbench", "serve", "--host", o.host, "--port", str(port)),
+            *("--grpc-port", str(_port_for("the server's gRPC", 8500, o.host))),
+        ],
         lambda o: "/v2/health/live",
         lambda o, p: f"http://{o.host}:{p}",
     ),

@@ -31,6 +31,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     workspace: Path
+    grpc: str = ""  # host:port of its gRPC services
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -47,15 +48,25 @@ class Server:
 
 
 def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
-    port = free_ports(1)[0]
+    port, grpc_port = free_ports(2)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "serve", "--port", str(port), *args],
+            [
+                sys.executable,
+                "-m",
+                "workbench",
+                "serve",
+                "--port",
+                str(port),
+                "--grpc-port",
+                os.environ.get("TMP_GRPC", str(grpc_port)),
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "WORKBENCH_WORKSPACE": str(workspace), **(env or {})},
         )
-    server = Server(f"http://127.0.0.1:{port}", proc, log, workspace)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, workspace, f"127.0.0.1:{grpc_port}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server exited:\n{server.log_text()}"
@@ -68,6 +79,21 @@ def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | N
     proc.kill()
     proc.wait()
     raise AssertionError(f"the server did not get ready:\n{server.log_text()}")
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """``/metrics`` text as {'name{label="value",...}': value}, labels in the order the tests write them, read
+    with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    order = ["model", "version", "code", "protocol", "le"]
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            keys = sorted(s.labels, key=lambda k: order.index(k) if k in order else len(order))
+            labels = ",".join(f'{k}="{s.labels[k]}"' for k in keys)
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
 
 
 def stop_server(server: Server) -> None:

@@ -13,7 +13,7 @@ from workbench import background
 from workbench.background import stepping_aside
 from workbench.registry import worker
 from workbench.serving.metrics import ServerMetrics
-from workbench.serving.repository import ModelRepository
+from workbench.serving.model.repository import ModelRepository
 from workbench.workspace import Workspace
 
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from workbench.serving.batching import Batcher, Closed
+from workbench.serving.model.batching import Batcher, Closed
 
 
 class SlowDouble:
@@ -109,33 +109,3 @@ def test_close_runs_what_is_queued_then_refuses():
     assert len(asyncio.run(run())) == 6
     batcher.join(5)
     assert sum(model.sizes) == 6
-
-
-def test_call_now_runs_on_the_calling_thread_only_when_the_model_is_idle():
-    seen = []
-    model = SlowDouble()
-
-    def fn(inputs):
-        seen.append(threading.current_thread().name)
-        return model(inputs)
-
-    batches = []
-    batcher = Batcher(fn, max_batch=8, name="batch-thread", on_batch=batches.append)
-    x = {"x": np.array([[3.0]], dtype="float32")}
-    out = batcher.call_now(x)
-    assert out is not None and float(out["y"][0, 0]) == 6.0
-    assert seen == [threading.current_thread().name] and batches == [1]
-
-    async def busy():  # while the batch thread runs a request, call_now declines: the caller submits instead
-        loop = asyncio.get_running_loop()
-        future = batcher.submit(x, loop)
-        await asyncio.sleep(0.005)
-        declined = batcher.call_now(x) is None
-        await future
-        return declined
-
-    assert asyncio.run(busy())
-    assert seen[-1] == "batch-thread"
-    batcher.close()
-    batcher.join(5)
-    assert batcher.call_now(x) is None  # closed: the caller resolves the model again

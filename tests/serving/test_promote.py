@@ -18,6 +18,8 @@ from workbench.errors import CheckpointError, ModelNotFound, RegistryError, Vali
 from workbench.registry.store import ModelStore
 from workbench.workspace import Workspace
 
+from .conftest import metric_samples
+
 pytestmark = pytest.mark.slow
 
 
@@ -154,10 +156,11 @@ def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(publish, s
     publish("corrupt")
     publish("corrupt")
     server.wait_version("corrupt", 2)
-    staging = server.workspace / "models" / "corrupt" / ".staging-by-hand"
-    shutil.copytree(server.workspace / "models" / "corrupt" / "2", staging)
+    store = ModelStore(Workspace.current(), "corrupt")  # published through the index, as promote would
+    staging = store.staging_dir()
+    shutil.copytree(server.workspace / "models" / "corrupt" / "2", staging, dirs_exist_ok=True)
     (staging / "saved_model.pb").write_bytes(b"\x00garbage" * 100)
-    staging.rename(server.workspace / "models" / "corrupt" / "3")
+    assert store.publish(staging, store.read()["versions"]["2"]) == 3
     deadline = time.monotonic() + 20
     while "model corrupt version 3 could not be loaded" not in server.log_text():
         assert time.monotonic() < deadline, server.log_text()[-3000:]
@@ -169,8 +172,20 @@ def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(publish, s
     assert by_version["3"]["state"] == "END" and by_version["3"]["status"]["error_message"]
     r = requests.post(f"{server.url}/v1/models/corrupt/versions/3:predict", json={"instances": digits[:1]}, timeout=10)
     assert r.status_code == 404 and "failed to load" in r.json()["error"]
-    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-    assert 'workbench_model_load_failures_total{model="corrupt",version="3"} 1' in metrics
+    metrics = metric_samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+    assert metrics['workbench_model_load_failures_total{model="corrupt",version="3"}'] == 1
+
+
+def test_a_version_folder_the_index_does_not_name_is_never_served(publish, server, digits):
+    publish("unlisted")
+    server.wait_version("unlisted", 1)
+    shutil.copytree(server.workspace / "models" / "unlisted" / "1", server.workspace / "models" / "unlisted" / "2")
+    requests.post(f"{server.url}/workbench/reload", timeout=5)
+    publish("unlisted", live=False)  # the index changes (a new version 3, not live): the server rescans
+    server.wait_version("unlisted", 3)
+    status = requests.get(f"{server.url}/v1/models/unlisted", timeout=5).json()["model_version_status"]
+    assert sorted(s["version"] for s in status) == ["1", "3"]
+    assert wb.predict("unlisted", digits[:1]).version == 1
 
 
 def test_concurrent_promotes_get_distinct_versions(trained, server):

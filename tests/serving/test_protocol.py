@@ -11,6 +11,8 @@ import requests
 
 import workbench as wb
 
+from .conftest import metric_samples
+
 pytestmark = pytest.mark.slow
 
 
@@ -138,11 +140,7 @@ def test_metrics_in_prometheus_format(proto, digits, server):
         requests.post(f"{proto}/versions/1:predict", json={"instances": digits}, timeout=30)
     requests.post(f"{proto}/versions/1:predict", json={"instances": [[1.0]]}, timeout=30)
     text = requests.get(f"{server.url}/metrics", timeout=5).text
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
+    samples = metric_samples(text)
     assert samples['workbench_requests_total{model="proto",version="1",code="200",protocol="rest"}'] >= 3
     assert samples['workbench_requests_total{model="proto",version="1",code="400",protocol="rest"}'] >= 1
     count = samples['workbench_request_latency_seconds_count{model="proto",version="1"}']

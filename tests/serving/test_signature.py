@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+import orjson
 import pytest
 
 from workbench.serving.model.signature import InputError, Signature, TensorSpec
-from workbench.serving import tfserving, v2
+from workbench.serving.protocol import tfserving, v2
 
 ONE = Signature((TensorSpec("image", "float32", (None, 2, 2)),), (TensorSpec("p", "float32", (None, 3)),))
 TWO = Signature(
@@ -60,22 +63,76 @@ def test_dtype_and_shape_errors(body, message):
     assert message in str(e.value)
 
 
+def _v2(body, signature=ONE, binary=b""):
+    raw = orjson.dumps(body)
+    return v2.decode_infer(raw + binary, signature, str(len(raw)) if binary else None)
+
+
 def test_v2_infer_request_and_response():
     body = {
+        "id": "id-1",
         "inputs": [{"name": "image", "shape": [1, 2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}],
         "outputs": [{"name": "p"}],
     }
-    inputs, wanted = v2.parse_infer(body, ONE)
-    assert inputs["image"].shape == (1, 2, 2) and wanted == ["p"]
-    out = v2.infer_body("m", 3, {"p": np.array([[0.1, 0.2, 0.7]], "float32")}, ONE, wanted, "id-1")
-    assert out["model_version"] == "3" and out["id"] == "id-1"
+    request = _v2(body)
+    assert request.inputs["image"].shape == (1, 2, 2) and request.outputs == ["p"] and not request.binary
+    raw, json_length = v2.encode_infer("m", 3, {"p": np.array([[0.1, 0.2, 0.7]], "float32")}, ONE, request)
+    out = orjson.loads(raw)
+    assert json_length is None and out["model_version"] == "3" and out["id"] == "id-1"
     assert out["outputs"][0]["shape"] == [1, 3] and out["outputs"][0]["datatype"] == "FP32"
-    with pytest.raises(InputError, match="does not fit shape"):
-        v2.parse_infer({"inputs": [{**body["inputs"][0], "shape": [2, 2, 2]}]}, ONE)
+    with pytest.raises(InputError, match="do not fill shape"):
+        _v2({"inputs": [{**body["inputs"][0], "shape": [2, 2, 2]}]})
     with pytest.raises(InputError, match="unknown input 'pixels'"):
-        v2.parse_infer({"inputs": [{**body["inputs"][0], "name": "pixels"}]}, ONE)
+        _v2({"inputs": [{**body["inputs"][0], "name": "pixels"}]})
     with pytest.raises(InputError, match="unknown outputs q"):
-        v2.parse_infer({**body, "outputs": [{"name": "q"}]}, ONE)
+        _v2({**body, "outputs": [{"name": "q"}]})
+
+
+def test_v2_binary_tensor_data_both_ways():
+    x = np.arange(8, dtype="<f4").reshape(2, 2, 2)
+    body = {
+        "inputs": [{"name": "image", "shape": [2, 2, 2], "datatype": "FP32", "parameters": {"binary_data_size": 32}}],
+        "parameters": {"binary_data_output": True},
+    }
+    request = _v2(body, binary=x.tobytes())
+    np.testing.assert_array_equal(request.inputs["image"], x)
+    assert request.binary == {"p"}
+    p = np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]], "float32")
+    raw, json_length = v2.encode_infer("m", 1, {"p": p}, ONE, request)
+    head = orjson.loads(raw[:json_length])
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": 24} and "data" not in head["outputs"][0]
+    np.testing.assert_array_equal(np.frombuffer(raw[json_length:], "<f4").reshape(2, 3), p)
+    with pytest.raises(InputError, match="expected 32"):
+        _v2({"inputs": [{**body["inputs"][0], "parameters": {"binary_data_size": 28}}]}, binary=x.tobytes()[:28])
+    with pytest.raises(InputError, match="does not fit the 32 bytes"):
+        _v2({"inputs": [{**body["inputs"][0], "parameters": {"binary_data_size": 64}}]}, binary=x.tobytes())
+    with pytest.raises(InputError, match="belong to no input"):
+        _v2(body, binary=x.tobytes() + b"extra")
+    with pytest.raises(InputError, match="inference-header-content-length"):
+        v2.decode_infer(b"{}", ONE, "99")
+
+
+def test_v2_bytes_tensors_in_binary_data():
+    sig = Signature((TensorSpec("text", "object", (None,)),), (TensorSpec("label", "object", (None,)),))
+    data = b"".join(struct.pack("<I", len(b)) + b for b in (b"hi", b"\x00\xff"))
+    body = {
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(data)}}]
+    }
+    request = _v2(body, sig, data)
+    assert list(request.inputs["text"]) == [b"hi", b"\x00\xff"]
+    with pytest.raises(InputError, match="truncated length prefix|runs past the end"):
+        _v2({"inputs": [{**body["inputs"][0], "parameters": {"binary_data_size": len(data) - 1}}]}, sig, data[:-1])
+
+
+@pytest.mark.parametrize("shape", [[562949953421313, 128, 256], [2**62, 2**62, 4], [-1, 2, 2], [1.5, 2, 2], "x"])
+def test_v2_shapes_that_overflow_or_are_not_shapes_are_refused_at_once(shape):
+    body = {"inputs": [{"name": "image", "shape": shape, "datatype": "FP32", "data": [0.0] * 8}]}
+    with pytest.raises(InputError, match="shape"):
+        _v2(body)
+    binary = {"inputs": [{**body["inputs"][0], "parameters": {"binary_data_size": 32}}]}
+    del binary["inputs"][0]["data"]
+    with pytest.raises(InputError, match="shape"):
+        _v2(binary, binary=bytes(32))
 
 
 def test_sample_fits_the_signature():

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import numpy as np
+import orjson
 
 from workbench import settings
 from workbench.errors import ServingError
@@ -38,20 +36,24 @@ def server_url(url: str | None = None, workspace: Workspace | None = None) -> st
 
 
 def request(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """One HTTP exchange with JSON in and out; (status, body, headers). 4xx/5xx are returned, not raised."""
-    data = json.dumps(body, default=_np).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    """One HTTP exchange (httpx) with JSON in and out; (status, body, headers). 4xx/5xx are returned, not raised.
+    Sends ``WORKBENCH_SERVER_TOKEN`` as a bearer token when it is set."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    token = settings.SERVER_TOKEN.get()
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY, default=_np) if body is not None else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read() or b"{}"), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        try:
-            payload = json.loads(e.read() or b"{}")
-        except ValueError:
-            payload = {"error": e.reason}
-        return e.code, payload, dict(e.headers or {})
-    except (urllib.error.URLError, OSError) as e:
-        raise ServingError(f"the model server at {url} cannot be reached ({getattr(e, 'reason', e)})") from e
+        r = httpx.request(method, url, content=data, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise ServingError(f"the model server at {url} cannot be reached ({e})") from e
+    try:
+        payload = orjson.loads(r.content or b"{}")
+    except orjson.JSONDecodeError:
+        payload = {"error": r.text or r.reason_phrase}
+    return r.status_code, payload, dict(r.headers)
 
 
 def _np(value: Any) -> Any:

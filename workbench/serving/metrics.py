@@ -38,8 +38,8 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter(
             "workbench_requests",
-            "Requests by model, version, protocol and status.",
-            ["model", "version", "protocol", "code"],
+            "Requests by model, version, status and protocol.",
+            ["model", "version", "code", "protocol"],
             registry=r,
         )
         self.latency = Histogram(
@@ -92,7 +92,7 @@ class ServerMetrics:
     # ---------------------------------------------------------------- requests
 
     def count(self, model: str, version: int | None, protocol: str, code: int) -> None:
-        self.requests.labels(model, "" if version is None else str(version), protocol, str(code)).inc()
+        self.requests.labels(model, "" if version is None else str(version), str(code), protocol).inc()
 
     def record(
         self,
@@ -104,7 +104,7 @@ class ServerMetrics:
         outputs: dict[str, np.ndarray],
     ) -> None:
         v = str(version)
-        self.requests.labels(model, v, protocol, "200").inc()
+        self.requests.labels(model, v, "200", protocol).inc()
         self.latency.labels(model, v).observe(seconds)
         if self.prediction_log is not None and random.random() < self.log_sample:
             self.prediction_log.record(model, version, protocol, seconds, inputs, outputs)

@@ -88,12 +88,15 @@ def serve(
 def create_app() -> Any:
     """The server of one process, from the settings: the ASGI app, with the model watcher and the gRPC server
     starting in its lifespan."""
+    import prometheus_client
+
     from workbench.serving.metrics import ServerMetrics
     from workbench.serving.model.repository import ModelRepository
     from workbench.serving.predlog import PredictionLog, db_path
     from workbench.serving.transport.http import HTTPApp, Limits
 
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
+    prometheus_client.disable_created_metrics()  # the *_created series only double what /metrics shows
     # Each model version runs its batches on a thread of its own, so the framework's pool for running
     # independent ops side by side only adds thread hand-offs.
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")

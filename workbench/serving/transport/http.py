@@ -237,7 +237,7 @@ class HTTPApp:
         limit = self.limits.max_body
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"the body is {declared} bytes; this server takes at most {limit}", _CLOSE)
+            raise HTTPError(413, f"the body is {declared} bytes, over the limit of {limit} bytes", _CLOSE)
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.limits.body_timeout):
@@ -248,7 +248,7 @@ class HTTPApp:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
-                        raise HTTPError(413, f"the body is over {limit} bytes, the most this server takes", _CLOSE)
+                        raise HTTPError(413, f"the body is over the limit of {limit} bytes", _CLOSE)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break

@@ -58,7 +58,7 @@ class Framework(abc.ABC):
     name: str = ""
     format: str = ""  # the serving format written by export, e.g. "tf_saved_model"
     # Whether load() and predict() start no thread or process of their own once prepare() and warm() ran, so a
-    # version can be loaded on a short-lived thread below normal priority (see workbench.serving.repository).
+    # version can be loaded on a short-lived thread below normal priority (see workbench.serving.model.repository).
     loads_without_new_threads: bool = False
 
     def python(self) -> str | None:
