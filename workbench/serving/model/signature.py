@@ -125,4 +125,8 @@ def _cast(spec: TensorSpec, arr: np.ndarray, want: np.dtype) -> np.ndarray:
         info = np.iinfo(want)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise InputError(f"input {spec.name!r} has values outside the range of {spec.dtype}")
-    return arr.astype(want, copy=False)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return arr.astype(want, copy=False)
+    except FloatingPointError:
+        raise InputError(f"input {spec.name!r} has values outside the range of {spec.dtype}") from None

@@ -205,6 +205,11 @@ class HTTPApp:
             _allow(method, "GET", scope["path"])
             state = self._state(name)
             if rest == "/ready":
+                if version is not None:
+                    try:
+                        state.status(version)
+                    except NotFound as e:
+                        raise HTTPError(404, str(e)) from None
                 ready = (version if version is not None else state.live()) in state.available()
                 return reply({"name": name, "ready": ready}, 200 if ready else 503)
             s = self._pick(name, version, None)
