@@ -28,6 +28,7 @@ from workbench.workspace import Workspace
 log = logging.getLogger("workbench.serving")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _HOST_VAR = "WORKBENCH_SERVE_HOST"  # where serve() tells its workers the gRPC host
+_GROUP_VAR = "WORKBENCH_SERVE_GROUP"  # and, with several workers, its own pid: their Peers folder
 
 
 def serve(
@@ -58,7 +59,11 @@ def serve(
     if grpc:
         _check_free(host, grpc, "gRPC")
     metrics_dir = None
-    if count > 1:  # prometheus_client's multiprocess mode: each worker writes its values to files there
+    os.environ.pop(_GROUP_VAR, None)
+    if count > 1:
+        os.environ[_GROUP_VAR] = str(
+            os.getpid()
+        )  # prometheus_client's multiprocess mode: each worker writes its values to files there
         metrics_dir = tempfile.mkdtemp(prefix="workbench-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     grpc_text = f" and gRPC on {host}:{grpc}" if grpc else ""
@@ -82,6 +87,8 @@ def serve(
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if count > 1:
+            shutil.rmtree(ws.state / "serving" / str(os.getpid()), ignore_errors=True)
     return 0
 
 
@@ -102,6 +109,12 @@ def create_app() -> Any:
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     ws = Workspace.current().ensure()
+    peers = None
+    if os.environ.get(_GROUP_VAR):  # one of several worker processes
+        from workbench.serving.model.peers import Peers
+
+        _die_with_parent()
+        peers = Peers(ws.state / "serving" / os.environ[_GROUP_VAR])
     sample = float(settings.SERVE_LOG_SAMPLE.get())
     metrics = ServerMetrics(log_sample=sample)
     if sample > 0:
@@ -113,6 +126,7 @@ def create_app() -> Any:
         max_wait=float(settings.SERVE_MAX_WAIT_MS.get()) / 1000.0,
         keep=int(settings.SERVE_KEEP_VERSIONS.get()),
         poll=float(settings.SERVE_POLL_S.get()),
+        peers=peers,
     )
     limits = Limits(
         max_body=int(float(settings.SERVE_MAX_BODY_MB.get()) * 1024 * 1024),
@@ -143,6 +157,20 @@ def create_app() -> Any:
             metrics.prediction_log.close()
 
     return HTTPApp(repo, metrics, limits, on_startup=startup, on_shutdown=shutdown)
+
+
+def _die_with_parent() -> None:
+    """A worker process gets SIGTERM when the server's supervisor dies (even by SIGKILL), so none serves on
+    unsupervised (Linux's parent-death signal; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _preload(repo: Any, names: str) -> None:

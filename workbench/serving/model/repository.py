@@ -36,6 +36,7 @@ from workbench.registry.store import VERSION_JSON, live_version, read_model_json
 from workbench.serving.model import frameworks
 from workbench.serving.model.batching import Batcher, Closed, Inputs, Outputs
 from workbench.serving.model.frameworks.base import Framework, Runtime
+from workbench.serving.model.peers import Peers
 from workbench.serving.model.signature import Signature
 from workbench.serving.model.validation import check_outputs
 from workbench.workspace import Workspace, read_json
@@ -117,10 +118,12 @@ class ModelState:
     def available(self) -> list[int]:
         return sorted(self.servables)
 
-    def status(self, version: int | None = None) -> list[tuple[int, str, str]]:
-        """(version, TF Serving state: AVAILABLE/LOADING/END, error) of each version known, or of ``version``."""
-        rows = [(v, "AVAILABLE", "") for v in self.available()]
-        rows += [(v, "LOADING", "") for v in sorted(self.loading) if v not in self.servables]
+    def status(self, version: int | None = None, agreed: set[int] | None = None) -> list[tuple[int, str, str]]:
+        """(version, TF Serving state: AVAILABLE/LOADING/END, error) of each version known, or of ``version``.
+        ``agreed``: the versions every process of the server serves (others served here report LOADING)."""
+        served = set(self.available()) if agreed is None else set(self.available()) & agreed
+        rows = [(v, "AVAILABLE", "") for v in sorted(served)]
+        rows += [(v, "LOADING", "") for v in sorted(self.loading | set(self.servables)) if v not in served]
         rows += [(v, "END", e) for v, e in sorted(self.failed.items())]
         if version is None:
             return rows
@@ -183,11 +186,13 @@ class ModelRepository:
         keep: int = 2,
         poll: float = 0.5,
         warmup_batches: tuple[int, ...] = (1, 8),
+        peers: Peers | None = None,
     ):
         self.workspace = workspace
         self.events: Events = events or NoEvents()
         self.max_batch, self.max_wait, self.keep, self.poll = max_batch, max_wait, max(1, keep), poll
         self.warmup_batches = warmup_batches
+        self.peers = peers  # the server's other processes, if it has several
         self.ready = threading.Event()  # set after the first scan
         self.last_request = float("-inf")  # time.monotonic() of the latest predict (see _yielding)
         self._models: dict[str, ModelState] = {}
@@ -208,6 +213,13 @@ class ModelRepository:
         if state is None:
             raise NotFound(f"model {name!r} not found; models: {', '.join(sorted(self._models)) or 'none'}")
         return state
+
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, str, str]]:
+        """The versions of ``name`` and their states (ModelState.status), AVAILABLE only where every process of
+        the server serves them. Raises NotFound."""
+        state = self.state(name)
+        agreed = self.peers.agreed(name, set(state.servables)) if self.peers is not None else None
+        return state.status(version, agreed)
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.state(name).pick(version, label)
@@ -248,6 +260,8 @@ class ModelRepository:
         for state in self._models.values():
             for s in state.servables.values():
                 s.retire()
+        if self.peers is not None:
+            self.peers.leave()
 
     def _watch(self, prepare: Callable[[], None] | None) -> None:
         if prepare is not None:
@@ -426,6 +440,8 @@ class ModelRepository:
         else:
             models[name] = state
         self._models = models
+        if self.peers is not None:
+            self.peers.publish({n: sorted(s.servables) for n, s in models.items()})
 
     def _drop(self, name: str) -> None:
         state = self._models[name]

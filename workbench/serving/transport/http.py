@@ -170,14 +170,14 @@ class HTTPApp:
         version = _version(m["version"])
         if rest is None or rest == "/metadata":
             _allow(method, "GET", scope["path"])
-            state = self._state(name)
+            self._state(name)
             if rest == "/metadata":
                 s = self._pick(name, version, label)
                 return reply(tfserving.metadata_body(name, s.version, s.signature))
             if label is not None:
                 version = self._pick(name, None, label).version
             try:
-                return reply(tfserving.status_body(state.status(version)))
+                return reply(tfserving.status_body(self.repo.status(name, version)))
             except NotFound as e:
                 raise HTTPError(404, str(e)) from None
         if rest != ":predict":
@@ -210,7 +210,8 @@ class HTTPApp:
                         state.status(version)
                     except NotFound as e:
                         raise HTTPError(404, str(e)) from None
-                ready = (version if version is not None else state.live()) in state.available()
+                wanted = version if version is not None else state.live()
+                ready = any(v == wanted and st == "AVAILABLE" for v, st, _ in self.repo.status(name))
                 return reply({"name": name, "ready": ready}, 200 if ready else 503)
             s = self._pick(name, version, None)
             return reply(v2.metadata_body(name, sorted(state.servables), s.framework, s.signature))
