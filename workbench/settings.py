@@ -58,8 +58,9 @@ PROMOTE_PRIORITY = Setting(
 )
 SERVE_WORKERS = Setting(
     "WORKBENCH_SERVE_WORKERS",
-    "1",
-    "model server processes (uvicorn workers) sharing the REST and gRPC ports; each loads every model",
+    "auto",
+    "model server processes (uvicorn workers) sharing the REST and gRPC ports, each loading every model; auto: 2 "
+    "where the server may use 2 CPUs or more (a pod's CPU limit counts), else 1",
 )
 SERVE_GRPC_PORT = Setting(
     "WORKBENCH_SERVE_GRPC_PORT", "8500", "model server's gRPC port (TF Serving and KServe V2 services); 0: no gRPC"

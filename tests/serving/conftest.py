@@ -49,6 +49,8 @@ class Server:
 
 def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     port, grpc_port = free_ports(2)
+    if "--workers" not in args:
+        args = ("--workers", "1", *args)  # one process unless the test is about several: half the memory and start-up
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [

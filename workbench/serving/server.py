@@ -55,6 +55,10 @@ def serve(
         if value is not None:
             os.environ[_setting(key).name] = str(value)
     count = _workers(settings.SERVE_WORKERS.get())
+    # Each process's framework gets its share of the CPUs for its intra-op pool (unless set), not all of them.
+    threads = str(max(1, int(usable_cpus()) // count))
+    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
     grpc = int(settings.SERVE_GRPC_PORT.get())
     if grpc:
         _check_free(host, grpc, "gRPC")
@@ -206,10 +210,19 @@ def _setting(key: str) -> settings.Setting:
     return names[key]
 
 
+def usable_cpus() -> float:
+    """CPUs this process may use: its affinity, within its cgroup's quota (a pod's CPU limit) if one is set."""
+    from workbench.background import cpu_quota
+
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    quota = cpu_quota()
+    return min(cpus, quota.cpus) if quota is not None else cpus
+
+
 def _workers(value: str) -> int:
     text = str(value).strip().lower()
-    if text == "auto":
-        return max(1, min(4, os.cpu_count() or 1))
+    if text == "auto":  # a second process overlaps one's Python (HTTP, JSON) with the other's model calls
+        return 2 if usable_cpus() >= 2 else 1
     if not text.isdigit() or int(text) < 1:
         raise WorkbenchError(f"workers must be a positive number or 'auto', got {value!r}")
     return int(text)
