@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from math import prod
 
-from workbench.serving.model.signature import InputError
+import numpy as np
+
+from workbench.serving.model.signature import InputError, Signature
 
 #: The most elements one request tensor may declare (2**31: 8 GiB of float32, far past any body limit).
 MAX_ELEMENTS = 2**31
@@ -31,4 +33,15 @@ def element_count(shape: list[int] | tuple[int, ...], name: str) -> int:
     return count
 
 
-__all__ = ["MAX_ELEMENTS", "InputError", "element_count"]
+def check_batch(inputs: dict[str, np.ndarray], signature: Signature) -> None:
+    """Every input of ``signature`` is in ``inputs``, all with the same, non-zero, batch size."""
+    missing = [t.name for t in signature.inputs if t.name not in inputs]
+    if missing:
+        raise InputError(f"missing inputs {', '.join(missing)}; this model takes {signature.input_names()}")
+    if len({len(v) for v in inputs.values()}) > 1:
+        raise InputError("inputs have different batch sizes")
+    if any(len(v) == 0 for v in inputs.values()):
+        raise InputError("the batch is empty")
+
+
+__all__ = ["MAX_ELEMENTS", "InputError", "check_batch", "element_count"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from workbench.serving.model.signature import Signature, TensorSpec, coerce
-from workbench.serving.protocol import InputError, element_count
+from workbench.serving.protocol import InputError, check_batch, element_count
 from workbench.serving.protocol.tfserving import dumps, loads
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -89,7 +89,7 @@ def decode_infer(raw: bytes, signature: Signature, header_length: str | None = N
                     f"input {spec.name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
                     "bytes of binary data left in the body"
                 )
-            out[spec.name] = _from_bytes(spec, tensor, binary[offset : offset + size])
+            out[spec.name] = from_bytes(spec, tensor, binary[offset : offset + size])
             offset += size
         elif "data" in tensor:
             out[spec.name] = _from_json(spec, tensor)
@@ -97,13 +97,7 @@ def decode_infer(raw: bytes, signature: Signature, header_length: str | None = N
             raise InputError(f'input {spec.name!r} has neither "data" nor parameters.binary_data_size')
     if offset != len(binary):
         raise InputError(f"{len(binary) - offset} bytes of binary data in the body belong to no input")
-    missing = [t.name for t in signature.inputs if t.name not in out]
-    if missing:
-        raise InputError(f"missing inputs {', '.join(missing)}; this model takes {signature.input_names()}")
-    if len({len(v) for v in out.values()}) > 1:
-        raise InputError("inputs have different batch sizes")
-    if any(len(v) == 0 for v in out.values()):
-        raise InputError("the batch is empty")
+    check_batch(out, signature)
     return InferRequest(out, *_wanted(body, signature), id=_request_id(body))
 
 
@@ -139,7 +133,8 @@ def _wanted(body: dict[str, Any], signature: Signature) -> tuple[list[str] | Non
     return names, binary
 
 
-def _check_header(spec: TensorSpec, tensor: dict[str, Any]) -> tuple[str, list[int]]:
+def check_header(spec: TensorSpec, tensor: dict[str, Any]) -> tuple[str, list[int]]:
+    """A tensor's datatype and shape (``tensor["datatype"]``, ``tensor["shape"]``) checked against ``spec``."""
     dt = tensor["datatype"]
     if not isinstance(dt, str) or dt.upper() not in NUMPY:
         raise InputError(f"input {spec.name!r}: unknown datatype {dt!r}; known: {', '.join(sorted(NUMPY))}")
@@ -154,7 +149,7 @@ def _check_header(spec: TensorSpec, tensor: dict[str, Any]) -> tuple[str, list[i
 
 
 def _from_json(spec: TensorSpec, tensor: dict[str, Any]) -> np.ndarray:
-    dt, shape = _check_header(spec, tensor)
+    dt, shape = check_header(spec, tensor)
     try:
         arr = np.asarray(tensor["data"], dtype=object if dt == "BYTES" else NUMPY[dt])
     except (ValueError, TypeError, OverflowError) as e:
@@ -164,8 +159,10 @@ def _from_json(spec: TensorSpec, tensor: dict[str, Any]) -> np.ndarray:
     return coerce(spec, arr.reshape(shape))
 
 
-def _from_bytes(spec: TensorSpec, tensor: dict[str, Any], data: bytes) -> np.ndarray:
-    dt, shape = _check_header(spec, tensor)
+def from_bytes(spec: TensorSpec, tensor: dict[str, Any], data: bytes) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: each element after a 4-byte length), as REST's binary
+    extension and gRPC's ``raw_input_contents`` carry it."""
+    dt, shape = check_header(spec, tensor)
     count = element_count(shape, spec.name)
     if dt == "BYTES":
         arr = np.array(_split_bytes(spec.name, data, count), dtype=object)
@@ -203,13 +200,12 @@ def encode_infer(
     name: str, version: int, outputs: dict[str, np.ndarray], signature: Signature, request: InferRequest
 ) -> tuple[bytes, int | None]:
     """The answer's bytes, and the length of its JSON part when binary data follows it (else None)."""
-    order = request.outputs or [t.name for t in signature.outputs if t.name in outputs] or list(outputs)
     tensors, chunks = [], []
-    for n in order:
+    for n in output_names(request, signature, outputs):
         arr = np.ascontiguousarray(outputs[n])
         tensor: dict[str, Any] = {"name": n, "datatype": datatype(arr.dtype), "shape": list(arr.shape)}
         if n in request.binary:
-            chunk = _to_bytes(arr)
+            chunk = to_bytes(arr)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
@@ -224,7 +220,13 @@ def encode_infer(
     return b"".join([head, *chunks]), len(head)
 
 
-def _to_bytes(arr: np.ndarray) -> bytes:
+def output_names(request: InferRequest, signature: Signature, outputs: dict[str, np.ndarray]) -> list[str]:
+    """The outputs an answer carries, in order: those asked for, else the signature's."""
+    return request.outputs or [t.name for t in signature.outputs if t.name in outputs] or list(outputs)
+
+
+def to_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` as raw little-endian bytes (strings: each after a 4-byte length), the inverse of from_bytes."""
     if arr.dtype == object or arr.dtype.kind in "SU":
         parts = []
         for v in arr.reshape(-1):
