@@ -141,9 +141,8 @@ def create_app() -> Any:
     grpc_server: list[Any] = []
 
     def startup() -> None:
-        repo.start(prepare=lambda: _preload(repo, settings.SERVE_PRELOAD.get()))
         port = int(settings.SERVE_GRPC_PORT.get())
-        if port:
+        if port:  # first: its TF Serving protos import TensorFlow, which the watcher's preload must not race
             from workbench.serving.transport.grpc import GRPCServer
 
             server = GRPCServer(
@@ -151,6 +150,7 @@ def create_app() -> Any:
             )
             server.start()
             grpc_server.append(server)
+        repo.start(prepare=lambda: _preload(repo, settings.SERVE_PRELOAD.get()))
         log.info("server process %d ready", os.getpid())
 
     def shutdown() -> None:
