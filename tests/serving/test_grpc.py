@@ -215,7 +215,7 @@ def test_bad_input_is_refused_within_a_second_and_the_model_keeps_answering(mode
     client = tc.InferenceServerClient(server.grpc)
     x = np.asarray(digits[:1], dtype=np.float32)
     for shape, code in (([OVERFLOW_ROWS, 28, 28], "INVALID_ARGUMENT"), ([1, 28, 28], "NOT_FOUND")):
-        image = tc.InferInput("image", shape, "FP32")
+        image = tc.InferInput("image", list(x.shape), "FP32")
         image.set_data_from_numpy(x)
         image.set_shape(shape)  # what a hostile client declares over the same 784 values
         t0 = time.monotonic()
