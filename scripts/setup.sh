@@ -16,12 +16,17 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
+GRPC_PROTOS="tensorflow-serving-api==2.21.0 tritonclient==2.73.0"
 stamp=.venv/.workbench-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev]"
+  # The gRPC messages (TF Serving's, KServe V2's) without their declared dependencies: tensorflow-serving-api
+  # requires full `tensorflow` beside tensorflow-cpu, tritonclient pins ml-dtypes and protobuf below TensorFlow's.
+  # What their modules import is in pyproject.toml. The pins are part of this file, so of the stamp's hash.
+  .venv/bin/python -m pip install -q --no-deps $GRPC_PROTOS
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m workbench.datasets.mnist fetch >/dev/null

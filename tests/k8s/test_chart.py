@@ -369,13 +369,19 @@ def test_serving_engines(rendered: dict[tuple[str, str], Path]) -> None:
     assert server["image"] == "workbench/serving:0.1.0"
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert server["args"][-2:] == ["--grpc-port", "8500"]
+    assert {"name": "grpc", "containerPort": 8500} in server["ports"]
     assert workbench["spec"]["replicas"] == 1
+    service = find(docs_of(rendered, "defaults"), "Service", "-serving")
+    assert {"name": "grpc", "port": 8500, "targetPort": "grpc"} in service["spec"]["ports"]
+    policy = find(docs_of(rendered, "defaults"), "NetworkPolicy", "-serving")
+    assert {"port": 8500, "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
 
     docs = docs_of(rendered, "tfserving-hpa")
     tfs = find(docs, "Deployment", "-serving")
     server = container(tfs, "server")
     assert server["image"].startswith("tensorflow/serving:")
-    assert "--rest_api_port=8501" in server["args"]
+    assert "--rest_api_port=8501" in server["args"] and "--port=8500" in server["args"]
     assert "replicas" not in tfs["spec"]  # the HPA owns it
     config = find(docs, "ConfigMap", "-tfserving")["data"]["models.config"]
     assert 'name: "lenet" base_path: "/workspace/models/lenet"' in config

@@ -250,12 +250,13 @@ def dockerfile_args(name: str) -> dict[str, str]:
     return {m[1]: m[2].strip('"') for m in re.finditer(r"^ARG (\w+)=(.*)$", text, re.M)}
 
 
-def requirement_sets(wheel: Path) -> list[tuple[list[str], str]]:
-    """(requirements, numpy constraint or "") covering every image's pip installs. The TensorFlow,
-    Jupyter and PyTorch images resolve together (a solution for all is one for each); tensorboard's
-    boto3 and the kubernetes client pin urllib3 apart, and MXNet needs numpy<1.24: each on its own."""
+def requirement_sets(wheel: Path) -> list[tuple[list[str], str, bool]]:
+    """(requirements, numpy constraint or "", with dependencies) covering every image's pip installs. The
+    TensorFlow, Jupyter and PyTorch images resolve together (a solution for all is one for each); tensorboard's
+    boto3 and the kubernetes client pin urllib3 apart, and MXNet needs numpy<1.24: each on its own. The serving
+    image's gRPC message packages install without their declared dependencies (full tensorflow, old pins)."""
     tf, torch, mxnet = (dockerfile_args(n) for n in ("trainer-tensorflow", "trainer-pytorch", "trainer-mxnet"))
-    jupyter, tensorboard = dockerfile_args("jupyter"), dockerfile_args("tensorboard")
+    jupyter, tensorboard, serving = (dockerfile_args(n) for n in ("jupyter", "tensorboard", "serving"))
     together = [
         f"{wheel}[jupyter,kubernetes]",
         tf["TF_PACKAGE"],
@@ -263,9 +264,10 @@ def requirement_sets(wheel: Path) -> list[tuple[list[str], str]]:
         *jupyter["JUPYTER_PACKAGES"].split(),
     ]
     return [
-        (together, ""),
-        (tensorboard["PACKAGES"].split(), ""),
-        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"]),
+        (together, "", True),
+        (tensorboard["PACKAGES"].split(), "", True),
+        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"], True),
+        (serving["GRPC_PROTOS"].split(), "", False),
     ]
 
 
@@ -283,9 +285,9 @@ def fill_wheelhouse(wheel: Path) -> Path:
     # (same file name, older requirements) over the new one; the images install the wheel from images/dist
     for stale in house.glob("workbench-*.whl"):
         stale.unlink()
-    for requirements, numpy_pin in requirement_sets(wheel):
+    for requirements, numpy_pin, deps in requirement_sets(wheel):
         named = [r.replace(str(wheel), "workbench") for r in requirements]
-        key = "\n".join([BASE_PYTHON, *named, numpy_pin, wheel_requirements(wheel)])
+        key = "\n".join([BASE_PYTHON, *named, numpy_pin, str(deps), wheel_requirements(wheel)])
         stamp = house / f".done-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         if stamp.exists():
             continue
@@ -306,6 +308,7 @@ def fill_wheelhouse(wheel: Path) -> Path:
                 "--python-version",
                 BASE_PYTHON,
                 "--only-binary=:all:",
+                *([] if deps else ["--no-deps"]),
                 *requirements,
             ],
             capture_output=True,

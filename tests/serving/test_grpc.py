@@ -16,6 +16,8 @@ import requests
 import workbench as wb
 from workbench.errors import WorkbenchError
 
+from .conftest import metric_samples
+
 tf = pytest.importorskip("tensorflow")
 tc = pytest.importorskip("tritonclient.grpc")
 from tensorflow_serving.apis import (  # noqa: E402
@@ -73,6 +75,31 @@ def test_token_needed_except_for_health_probes_and_unimplemented_calls_say_so(ba
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(classification_pb2.ClassificationRequest(), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Classify is not implemented" in e.value.details()
+
+
+def test_without_tensorflow_serving_protos_only_v2_serves_and_the_log_says_why(tmp_path, monkeypatch, caplog):
+    import sys
+
+    from workbench.serving.metrics import ServerMetrics
+    from workbench.serving.model.repository import ModelRepository
+    from workbench.serving.transport.grpc import GRPCServer
+    from workbench.workspace import Workspace
+
+    monkeypatch.setitem(sys.modules, "tensorflow_serving.apis", None)  # importing it raises ImportError
+    monkeypatch.delitem(sys.modules, "workbench.serving.transport.grpc.tfserving", raising=False)
+    server = GRPCServer(ModelRepository(Workspace(tmp_path)), ServerMetrics(), "127.0.0.1", free_port())
+    server.start()
+    try:
+        assert "the tfserving service is off" in caplog.text and "tensorflow-serving-api" in caplog.text
+        assert tc.InferenceServerClient(f"127.0.0.1:{server.port}").get_server_metadata().name == "workbench"
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                    get_model_status_pb2.GetModelStatusRequest(), timeout=5
+                )
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(grace=1)
 
 
 def test_a_port_in_use_fails_loudly(tmp_path):
@@ -186,8 +213,8 @@ def test_tritonclient_predicts_as_rest_does(model, server, digits):
     np.testing.assert_allclose(probs, rest(server, model, digits, 1), rtol=1e-5, atol=1e-7)
     client.close()
 
-    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-    assert f'workbench_requests_total{{code="200",model="{model}",protocol="v2-grpc",version="1"}}' in metrics
+    metrics = metric_samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+    assert metrics[f'workbench_requests_total{{model="{model}",version="1",code="200",protocol="v2-grpc"}}'] >= 1
 
 
 @pytest.mark.slow
@@ -227,6 +254,9 @@ def test_bad_input_is_refused_within_a_second_and_the_model_keeps_answering(mode
     assert v2_infer(client, model, digits)[1].shape == (4, 10)
     assert tf_predict(channel, model, digits)[1].shape == (4, 10)
     client.close()
+    metrics = metric_samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+    assert metrics[f'workbench_requests_total{{model="{model}",version="2",code="400",protocol="grpc"}}'] >= 2
+    assert metrics[f'workbench_requests_total{{model="{model}",version="2",code="400",protocol="v2-grpc"}}'] >= 1
 
 
 @pytest.mark.slow

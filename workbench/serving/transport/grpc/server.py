@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import logging
 import threading
 from collections.abc import Callable
@@ -100,19 +101,26 @@ class GRPCServer:
         await server.stop(self._grace)
 
 
-def _services() -> list[Register]:
-    """The services to serve: KServe V2's always, TF Serving's when its protos (and TensorFlow's) import."""
-    from workbench.serving.transport.grpc import v2
+# (module, what it needs): each service whose messages import; without them it is left out, and the log says why.
+SERVICES = (
+    ("v2", "tritonclient (pip install --no-deps tritonclient==2.73.0)"),
+    ("tfserving", "tensorflow-cpu and tensorflow-serving-api (pip install --no-deps tensorflow-serving-api==2.21.0)"),
+)
 
-    services: list[Register] = [v2.register]
-    try:
-        from workbench.serving.transport.grpc import tfserving
-    except ImportError as e:
-        log.warning(
-            "TensorFlow Serving's gRPC services are off, only KServe V2's serve: cannot import their protos (%s); "
-            "they need tensorflow-cpu and tensorflow-serving-api (pip install --no-deps tensorflow-serving-api)",
-            e,
+
+def _services() -> list[Register]:
+    """The services whose message classes import; WorkbenchError when none does."""
+    services: list[Register] = []
+    for name, needs in SERVICES:
+        try:
+            module = importlib.import_module(f"workbench.serving.transport.grpc.{name}")
+        except ImportError as e:
+            log.warning("gRPC: the %s service is off: its messages do not import (%s); it needs %s", name, e, needs)
+            continue
+        services.append(module.register)
+    if not services:
+        raise WorkbenchError(
+            f"gRPC has no service to serve: install {' and '.join(n for _, n in SERVICES)}, or turn gRPC off "
+            "with --grpc-port 0"
         )
-    else:
-        services.append(tfserving.register)
     return services
