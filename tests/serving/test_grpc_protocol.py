@@ -90,6 +90,7 @@ def shaped(dtype: int, shape: list[int], content: bytes = b"", **fields) -> tens
     [
         (shaped(types_pb2.DT_FLOAT, OVERFLOW, b"\0" * 4 * 32768), "at most 2147483648"),
         (shaped(types_pb2.DT_FLOAT, [-1, 28, 28]), "non-negative"),
+        (shaped(types_pb2.DT_FLOAT, [0, 2**62, 28]), "has dimensions past 2147483648"),  # no elements, yet no array
         (shaped(types_pb2.DT_FLOAT, [2, 28, 28], b"\0" * 12), "tensor_content has 12 bytes"),
         (shaped(types_pb2.DT_FLOAT, [2, 28, 28], float_val=[1.0]), "1 values in float_val do not fill"),
         (shaped(types_pb2.DT_COMPLEX64, [1, 28, 28], b"\0" * 8 * 784), "DT_COMPLEX64 is not supported"),

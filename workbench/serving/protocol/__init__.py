@@ -24,12 +24,15 @@ MAX_ELEMENTS = 2**31
 
 def element_count(shape: list[int] | tuple[int, ...], name: str) -> int:
     """The number of elements of ``shape``, refused at once when a dimension is negative or the count is past
-    :data:`MAX_ELEMENTS` (Python's integers never wrap, so no shape can pass by overflowing)."""
+    :data:`MAX_ELEMENTS` (Python's integers never wrap, so no shape can pass by overflowing), or when an empty
+    shape's other dimensions are (``[0, 2**62, 4]``: numpy cannot even make it)."""
     if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise InputError(f"input {name!r}: shape must be a list of non-negative integers, got {list(shape)}")
     count = prod(shape)
     if count > MAX_ELEMENTS:
         raise InputError(f"input {name!r}: shape {list(shape)} declares {count} elements; at most {MAX_ELEMENTS}")
+    if prod(d for d in shape if d) > MAX_ELEMENTS:  # no elements, but numpy refuses such a shape all the same
+        raise InputError(f"input {name!r}: shape {list(shape)} has dimensions past {MAX_ELEMENTS} elements")
     return count
 
 
