@@ -292,3 +292,21 @@ def test_hot_swap_under_grpc_load_fails_no_request(server, publish, channel, dig
         client.close()
     assert failures == []
     assert {1, 4} <= seen, seen
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_the_grpc_port(serving_ws, publish, digits):
+    from .conftest import start_server, stop_server
+
+    two = start_server(serving_ws, serving_ws.parent / "grpc-two-workers.log", "--workers", "2", "--poll", "0.2")
+    try:
+        publish("grpcpair")
+        two.wait_version("grpcpair", 1)  # AVAILABLE: both processes serve it
+        assert two.log_text().count(f"workbench.serving: gRPC on {two.grpc}") == 2  # each process bound it
+        for _ in range(20):  # new connections: the kernel spreads them over both processes
+            with grpc.insecure_channel(two.grpc) as channel:
+                assert tf_predict(channel, "grpcpair", digits[:1])[0] == 1
+        metrics = metric_samples(requests.get(f"{two.url}/metrics", timeout=5).text)
+        assert metrics['workbench_requests_total{model="grpcpair",version="1",code="200",protocol="grpc"}'] == 20
+    finally:
+        stop_server(two)
