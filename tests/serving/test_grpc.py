@@ -37,13 +37,14 @@ OVERFLOW_ROWS = 2**60 + 1  # rows * 784 wraps to 784 (one row) in 64-bit arithme
 
 
 @pytest.fixture
-def bare(tmp_path):
-    """A GRPCServer with a token (scope "all") over an empty workspace, on a free port."""
+def bare(tmp_path, monkeypatch):
+    """A GRPCServer with a token (scope "all") over an empty workspace, on a free port; messages up to 10 kB."""
     from workbench.serving.metrics import ServerMetrics
     from workbench.serving.model.repository import ModelRepository
     from workbench.serving.transport.grpc import GRPCServer
     from workbench.workspace import Workspace
 
+    monkeypatch.setenv("WORKBENCH_SERVE_MAX_BODY_MB", "0.01")
     repo = ModelRepository(Workspace(tmp_path))
     server = GRPCServer(repo, ServerMetrics(), "127.0.0.1", free_port(), token="s3cret", token_scope="all")
     server.start()
@@ -75,6 +76,16 @@ def test_token_needed_except_for_health_probes_and_unimplemented_calls_say_so(ba
         with pytest.raises(grpc.RpcError) as e:
             stub.Classify(classification_pb2.ClassificationRequest(), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Classify is not implemented" in e.value.details()
+
+
+def test_a_message_past_the_body_limit_is_refused(bare):
+    client = tc.InferenceServerClient(f"127.0.0.1:{bare.port}")
+    for rows, refusal in ((4, "RESOURCE_EXHAUSTED"), (1, "NOT_FOUND")):  # 12.5 kB; 3 kB gets through to the model
+        x = np.zeros((rows, 28, 28), dtype=np.float32)
+        image = tc.InferInput("image", list(x.shape), "FP32")
+        image.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match=refusal):
+            client.infer("lenet", [image], headers={"authorization": "Bearer s3cret"}, client_timeout=5)
 
 
 def test_without_tensorflow_serving_protos_only_v2_serves_and_the_log_says_why(tmp_path, monkeypatch, caplog):

@@ -32,7 +32,7 @@ class ModelFailed(WorkbenchError):
     """The model raised on a request (a gRPC INTERNAL); the message names model and version, nothing more."""
 
 
-# The first entry the error is an instance of gives its status (and the HTTP status REST would answer, for metrics).
+# The first entry the error is an instance of gives its status code (REST answers the same errors 400/404/503/401/500).
 CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
