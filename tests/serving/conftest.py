@@ -61,7 +61,7 @@ def start_server(workspace: Path, log: Path, *args: str, env: dict[str, str] | N
                 "--port",
                 str(port),
                 "--grpc-port",
-                os.environ.get("TMP_GRPC", str(grpc_port)),
+                str(grpc_port),
                 *args,
             ],
             stdout=out,
