@@ -37,7 +37,7 @@ from workbench.errors import WorkbenchError
 from workbench.registry import frameworks
 from workbench.registry.frameworks.base import Framework, Runtime
 from workbench.registry.signature import Signature
-from workbench.registry.store import VERSION_JSON, live_version, read_model_json, version_dirs
+from workbench.registry.store import VERSION_JSON, live_version, published_dirs, read_model_json, version_dirs
 from workbench.registry.validation import check_outputs
 from workbench.serving.batching import Batcher, Closed, Inputs, Outputs
 from workbench.serving.metrics import ServerMetrics, labels
@@ -281,7 +281,7 @@ class ModelRepository:
         except WorkbenchError as e:
             log.error("model %s: %s; still serving what was loaded", name, e)
             return
-        on_disk = version_dirs(model_dir)
+        on_disk = published_dirs(model_dir, data)  # model.json is the truth: a bare folder is no version
         old = self._models.get(name)
         servables = {v: s for v, s in (old.servables.items() if old else ()) if v in on_disk}
         failed = {v: e for v, e in (old.failed.items() if old else ()) if v in on_disk}
