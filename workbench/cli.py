@@ -192,6 +192,18 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(a: argparse.Namespace) -> int:
+    from workbench.registry.store import clean
+    from workbench.workspace import Workspace
+
+    ws = Workspace.current()
+    removed = clean(ws)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"models: {len(removed)} leftovers of unfinished promotes removed")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from workbench.serving.server import serve
 
@@ -279,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
         "--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it"
     )
     s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("gc", help="remove what crashed promotes left (staging folders, unlisted versions, workers)")
+    s.set_defaults(fn=cmd_gc)
 
     s = sub.add_parser("serve", help="run the model server (TF Serving REST + KServe V2) over the workspace's models/")
     s.add_argument("--host", default="127.0.0.1")
