@@ -12,6 +12,8 @@ from workbench import settings
 from workbench.backends.base import Backend
 from workbench.errors import WorkbenchError
 from workbench.plugins import instantiate
+from workbench.store import JobRecord
+from workbench.workspace import Workspace
 
 REGISTRY: dict[str, tuple[str, str]] = {
     # name: (dotted path "module:Class", install hint for its extra)
@@ -32,3 +34,16 @@ def get_backend(name: str | None = None) -> Backend:
     target, hint = REGISTRY[name]
     backend: Backend = instantiate(target, f"the {name} backend", hint or "reinstall workbench")
     return backend
+
+
+def reconcile(workspace: Workspace) -> None:
+    """Let each backend settle the active jobs it runs (a dead local supervisor's job is failed, its replicas
+    stopped), so that a listing never shows a dead job as running."""
+    from workbench.store import FINAL_STATES, JobStore
+
+    active: dict[str, list[JobRecord]] = {}
+    for record in JobStore(workspace).list():
+        if record.state not in FINAL_STATES:
+            active.setdefault(record.backend, []).append(record)
+    for name, records in active.items():
+        get_backend(name).reconcile(workspace, records)
