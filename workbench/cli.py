@@ -228,7 +228,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--jupyter-port", type=int, default=0, help="default 8888, or a free port")
     s.add_argument("--tensorboard-port", type=int, default=0, help="default 6006, or a free port")
     s.add_argument("--server-port", type=int, default=0, help="default 8501, or a free port")
-    s.add_argument("--token", help="JupyterLab token (default: random, printed in the URL)")
+    s.add_argument(
+        "--token",
+        help="JupyterLab token (default: WORKBENCH_JUPYTER_TOKEN, else random, printed in the URL); an option is "
+        "visible to other users in `ps`: prefer the variable",
+    )
     s.add_argument("--root-dir", default=".", help="folder JupyterLab opens (default: current)")
     s.add_argument("--without", action="append", help="a service not to start (repeatable)")
     s.set_defaults(fn=cmd_up)
