@@ -66,7 +66,7 @@ def test_two_concurrent_ups_exactly_one_runs(workspace, tmp_path):
         gate.write_text("go")  # both released at the same moment
         logs = lambda r=round: [(tmp_path / f"up{r}-{i}.log").read_text() for i in range(2)]  # noqa: E731
         assert wait_for(lambda u=ups: sum(p.poll() is not None for p in u) == 1, 30), logs()
-        assert wait_for(lambda: any("Ctrl-C" in text for text in logs()), 30), logs()
+        assert wait_for(lambda lg=logs: any("Ctrl-C" in text for text in lg()), 30), logs()
         loser = next(i for i, p in enumerate(ups) if p.poll() is not None)
         assert ups[loser].returncode == 2 and "already runs" in logs()[loser]
         winner = ups[1 - loser]
