@@ -35,6 +35,9 @@ CODE_SNAPSHOT_MAX_MB = Setting("WORKBENCH_CODE_MAX_MB", "50", "size cap of a job
 KILL_GRACE_S = Setting("WORKBENCH_KILL_GRACE", "5", "seconds between SIGTERM and SIGKILL when stopping replicas")
 GPU_COUNT = Setting("WORKBENCH_GPUS", "", "GPUs on this machine; empty means ask nvidia-smi")
 SERVE_POLL_S = Setting("WORKBENCH_SERVE_POLL", "0.5", "seconds between the model server's scans of models/")
+SERVER_TOKEN = Setting(
+    "WORKBENCH_SERVER_TOKEN", "", "bearer token of the model server (the chart's serving.auth); empty: none"
+)
 SERVER_URL = Setting("WORKBENCH_SERVER_URL", "", "model server predict() talks to; empty: the one `workbench up` runs")
 SERVE_MAX_BATCH = Setting(
     "WORKBENCH_SERVE_MAX_BATCH", "64", "most rows the model server runs in one batched model call"
