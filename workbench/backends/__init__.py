@@ -8,12 +8,16 @@ traceback at ``import workbench``.
 
 from __future__ import annotations
 
+import logging
+
 from workbench import settings
 from workbench.backends.base import Backend
 from workbench.errors import WorkbenchError
 from workbench.plugins import instantiate
 from workbench.store import JobRecord
 from workbench.workspace import Workspace
+
+log = logging.getLogger("workbench")
 
 REGISTRY: dict[str, tuple[str, str]] = {
     # name: (dotted path "module:Class", install hint for its extra)
@@ -46,4 +50,7 @@ def reconcile(workspace: Workspace) -> None:
         if record.state not in FINAL_STATES:
             active.setdefault(record.backend, []).append(record)
     for name, records in active.items():
-        get_backend(name).reconcile(workspace, records)
+        try:
+            get_backend(name).reconcile(workspace, records)
+        except WorkbenchError as e:  # e.g. the Kubernetes API is unreachable: list what the store says
+            log.warning("could not check the %s jobs against what runs: %s", name, e)
