@@ -154,10 +154,11 @@ def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(publish, s
     publish("corrupt")
     publish("corrupt")
     server.wait_version("corrupt", 2)
-    staging = server.workspace / "models" / "corrupt" / ".staging-by-hand"
-    shutil.copytree(server.workspace / "models" / "corrupt" / "2", staging)
+    store = ModelStore(Workspace.current(), "corrupt")  # published past the validation gate: model.json lists it
+    staging = store.staging_dir()
+    shutil.copytree(store.dir / "2", staging, dirs_exist_ok=True)
     (staging / "saved_model.pb").write_bytes(b"\x00garbage" * 100)
-    staging.rename(server.workspace / "models" / "corrupt" / "3")
+    assert store.publish(staging, store.read()["versions"]["2"]) == 3
     deadline = time.monotonic() + 20
     while "model corrupt version 3 could not be loaded" not in server.log_text():
         assert time.monotonic() < deadline, server.log_text()[-3000:]
