@@ -12,18 +12,18 @@ database was unusable then) is taken over on the next read.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
-
-from filelock import FileLock
 
 from workbench.errors import JobNotFound, WorkspaceError
 from workbench.workspace import Workspace, private_dir, read_json, write_json_atomic
@@ -79,6 +79,10 @@ class JobRecord:
         return cls(**d)
 
 
+def _has_table(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is not None
+
+
 def _corrupt(e: sqlite3.Error) -> bool:
     return isinstance(e, sqlite3.DatabaseError) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT
 
@@ -88,19 +92,31 @@ class JobStore:
 
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
-        # held while the database is created or rebuilt; one instance, so that a rebuild that creates it reenters
-        self._rebuilding = FileLock(str(workspace.db_path) + ".lock", mode=0o600)
+
+    @contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        """Hold ``state/jobs.sqlite.lock``: shared while using the database, exclusive while replacing it (so that
+        no process opens the file, or its -wal and -shm, while a repair swaps them)."""
+        path = self.workspace.db_path
+        private_dir(path.parent)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
 
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work(connection)``; a corrupt database is repaired (see :meth:`_repair`) and ``work`` run again."""
         path = self.workspace.db_path
         for tries_left in (1, 0):
             try:
-                conn = self._open(path)
-                try:
-                    return work(conn)
-                finally:
-                    conn.close()
+                with self._locked(fcntl.LOCK_SH):
+                    conn = self._open(path)
+                    try:
+                        return work(conn)
+                    finally:
+                        conn.close()
             except sqlite3.Error as e:
                 if _corrupt(e) and tries_left:
                     self._repair(path, e)
@@ -111,8 +127,8 @@ class JobStore:
         raise AssertionError("unreachable")
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        """A connection to the database, created (0600) and filled from run.json files when it has no table."""
-        private_dir(path.parent)
+        """A connection to the database, created (0600) and filled from run.json files when it has no table (two
+        processes may both fill it: inserts of a record already there are ignored)."""
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # its -wal and -shm get the same mode
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -120,10 +136,15 @@ class JobStore:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None:
-                with self._rebuilding:
-                    conn.executescript(_SCHEMA)
+            if not _has_table(conn):
+                conn.execute("BEGIN IMMEDIATE")  # one writer fills it; others see it whole, table and rows at once
+                found = 0
+                if not _has_table(conn):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
                     found = self._import_runs(conn)
+                conn.execute("COMMIT")
                 if found:
                     log.warning("the job database %s was empty; rebuilt %d jobs from runs/*/run.json", path, found)
             return conn
@@ -134,7 +155,7 @@ class JobStore:
     def _repair(self, path: Path, error: sqlite3.Error) -> None:
         """Move a corrupt database aside and build a fresh one from the run.json files (once, whoever gets the
         lock first; the others find it healthy)."""
-        with self._rebuilding:
+        with self._locked(fcntl.LOCK_EX):
             try:
                 conn = self._open(path)
                 try:
@@ -147,9 +168,9 @@ class JobStore:
                 if not _corrupt(e):
                     raise WorkspaceError(f"the job database {path} cannot be opened ({e})") from e
             aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-            os.replace(path, aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+            os.replace(path, aside)
             conn = self._open(path)
             conn.close()
         message = (

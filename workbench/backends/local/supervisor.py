@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from workbench import conventions, gpus, settings
 from workbench.backends.local import processes
-from workbench.errors import WorkspaceError
+from workbench.errors import WorkbenchError, WorkspaceError
 from workbench.spec import JobSpec
 from workbench.store import JobStore, record_in_run_json
 from workbench.workspace import RunPaths, Workspace, open_private, read_json, write_json_atomic
@@ -67,7 +67,7 @@ class Supervisor:
             return None
         try:
             result = call()
-        except WorkspaceError as e:
+        except WorkbenchError as e:  # unusable, or rebuilt without this job: either way the job goes on
             if self._store_down_since is None:
                 self._store_down_since = time.monotonic()
                 self.log(f"cannot {what} in the job database ({e}); the job goes on, retrying")
