@@ -42,6 +42,12 @@ torch.export.save(program, sys.argv[1])
 """
 
 
+@pytest.fixture(autouse=True)
+def full_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers at normal priority: under the idle policy a busy CI machine starves them (minutes, not seconds)."""
+    monkeypatch.setenv("WORKBENCH_PROMOTE_PRIORITY", "0")
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny PyTorch ExportedProgram checkpoint (a real promote of it takes ~3 s: two fresh workers)."""
@@ -111,7 +117,7 @@ def test_promote_on_a_full_disk_at_every_point_leaves_the_registry_as_it_was(sma
     first = promote(None, "tiny", checkpoint, framework="pytorch", workspace=ws, warm=False)
     assert first.version == 1
     failures, published = [], [1]
-    for pages in range(0, 8):
+    for pages in range(0, 6):  # export, workbench.json, model.json fail in turn; then it fits
         before = (ws.model_dir("tiny") / "model.json").read_bytes()
         filler = fill(small_fs, pages * PAGE)
         try:
