@@ -219,14 +219,14 @@ def test_unwritable_workspace(monkeypatch, tmp_path, write_script):
         wb.submit(str(write_script("print(1)\n")), framework="none")
 
 
-def test_corrupt_job_database(workspace, write_script):
+def test_corrupt_job_database_is_moved_aside_and_rebuilt(workspace, write_script, capsys):
     (workspace / "state").mkdir(parents=True)
     (workspace / "state" / "jobs.sqlite").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(WorkspaceError, match="job database .* is unreadable.*move the file aside"):
-        wb.submit(str(write_script("print(1)\n")), framework="none")
-    assert runs(workspace) == []
-    with pytest.raises(WorkspaceError):
-        wb.jobs()
+    job = wb.submit(str(write_script("print(1)\n")), framework="none")
+    assert "was corrupt" in capsys.readouterr().err
+    assert [p.name for p in (workspace / "state").glob("jobs.sqlite.corrupt-*")]
+    assert job.wait(60) == "succeeded"
+    assert [j.id for j in wb.jobs()] == [job.id]
 
 
 def test_unknown_job_id(workspace):

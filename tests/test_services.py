@@ -94,3 +94,37 @@ def test_ctrl_c_stops_everything(workspace, tmp_path):
     assert proc.wait(60) == 0
     assert not any(alive(p) for p in pids)
     assert "stopped" in (tmp_path / "up.log").read_text()
+
+
+def test_jupyter_token_is_in_no_command_line(workspace, tmp_path):
+    token = "tok-" + os.urandom(8).hex()
+    port = free_ports(1)[0]
+    env = {**os.environ, "WORKBENCH_JUPYTER_TOKEN": token}
+    cmd = [sys.executable, "-m", "workbench", "up", "--without", "tensorboard", "--without", "server"]
+    with open(tmp_path / "up.log", "w") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--jupyter-port", str(port), "--root-dir", str(tmp_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        ready = lambda: "Ctrl-C" in (tmp_path / "up.log").read_text()  # noqa: E731
+        assert wait_for(lambda: ready() or proc.poll() is not None, 120, interval=0.5), (
+            tmp_path / "up.log"
+        ).read_text()
+        assert http_status(f"http://127.0.0.1:{port}/api/status?token={token}") == 200
+        assert http_status(f"http://127.0.0.1:{port}/api/status") == 403
+        seen = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and token.encode() in (p / "cmdline").read_bytes():
+                    seen.append(p.name)
+            except OSError:
+                continue
+        assert not seen, f"the token is in the command line of {seen}"
+        services = workspace / "state" / "services.json"
+        assert oct(services.stat().st_mode & 0o777) == "0o600"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

@@ -60,7 +60,10 @@ def job(job_id: str) -> Job:
 
 def jobs(limit: int | None = None) -> list[Job]:
     """Jobs of the current workspace, newest first."""
+    from workbench.backends import reconcile
+
     workspace = Workspace.current()
+    reconcile(workspace)  # a job whose supervisor died shows as failed, without a status() call
     return [Job(r.id, workspace) for r in JobStore(workspace).list(limit)]
 
 

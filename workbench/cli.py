@@ -192,6 +192,18 @@ def cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(a: argparse.Namespace) -> int:
+    from workbench.registry.store import clean
+    from workbench.workspace import Workspace
+
+    ws = Workspace.current()
+    removed = clean(ws)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"models: {len(removed)} leftovers of unfinished promotes removed")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from workbench.serving.server import serve
 
@@ -216,7 +228,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--jupyter-port", type=int, default=0, help="default 8888, or a free port")
     s.add_argument("--tensorboard-port", type=int, default=0, help="default 6006, or a free port")
     s.add_argument("--server-port", type=int, default=0, help="default 8501, or a free port")
-    s.add_argument("--token", help="JupyterLab token (default: random, printed in the URL)")
+    s.add_argument(
+        "--token",
+        help="JupyterLab token (default: WORKBENCH_JUPYTER_TOKEN, else random, printed in the URL); an option is "
+        "visible to other users in `ps`: prefer the variable",
+    )
     s.add_argument("--root-dir", default=".", help="folder JupyterLab opens (default: current)")
     s.add_argument("--without", action="append", help="a service not to start (repeatable)")
     s.set_defaults(fn=cmd_up)
@@ -279,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
         "--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it"
     )
     s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("gc", help="remove what crashed promotes left (staging folders, unlisted versions, workers)")
+    s.set_defaults(fn=cmd_gc)
 
     s = sub.add_parser(
         "serve", help="run the model server (TF Serving and KServe V2, REST and gRPC) over the workspace's models/"

@@ -3,6 +3,13 @@
 ``up`` starts each service in a process group of its own, records them in
 ``state/services.json`` and stays in the foreground; Ctrl-C, SIGTERM or
 ``workbench down`` stop them all (whole process trees, no orphans).
+
+One ``up`` per workspace: it holds an OS lock on ``state/up.lock`` (released by
+the kernel however it ends) for as long as its services run. It records itself
+in ``services.json`` before it starts anything and each service as it starts,
+and it stops on SIGTERM at any moment of its start-up, so ``down`` never leaves
+a process behind. The JupyterLab token goes through the environment
+(``JUPYTER_TOKEN``), never the command line, where any local user could read it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from workbench import settings
 from workbench.backends.local import processes
 from workbench.errors import ServiceError
-from workbench.workspace import Workspace, read_json, write_json_atomic
+from workbench.workspace import Workspace, open_private, read_json, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class ServiceDef:
     command: Callable[[Workspace, Options, int], list[str]]
     health_path: Callable[[Options], str]
     url: Callable[[Options, int], str]
+    env: Callable[[Options], dict[str, str]] = lambda o: {}  # secrets go here, never into ``command``
 
 
 def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
@@ -52,7 +64,6 @@ def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
         "--no-browser",
         f"--ip={o.host}",
         f"--port={port}",
-        f"--IdentityProvider.token={o.token}",
         f"--ServerApp.root_dir={o.root_dir.resolve()}",
         "--ServerApp.port_retries=0",
         *(["--allow-root"] if os.geteuid() == 0 else []),  # containers and CI often run as root
@@ -79,6 +90,7 @@ SERVICES: dict[str, ServiceDef] = {
         _jupyter,
         lambda o: f"/api/status?token={o.token}",
         lambda o, p: f"http://{o.host}:{p}/lab?token={o.token}",
+        lambda o: {"JUPYTER_TOKEN": o.token},  # IdentityProvider.token's environment variable
     ),
     "tensorboard": ServiceDef(
         "tensorboard", 6006, _tensorboard, lambda o: "/data/runs", lambda o, p: f"http://{o.host}:{p}/"
@@ -130,6 +142,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class Stopped(Exception):
+    """``workbench down`` (SIGTERM) or Ctrl-C came while ``up`` was starting."""
+
+
 class Services:
     """The running services of one ``workbench up``."""
 
@@ -138,33 +158,72 @@ class Services:
         self.options = options
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.info: dict[str, dict[str, Any]] = {}
+        self.lock = FileLock(str(workspace.state / "up.lock"), mode=0o600)
+        self.stopping = False
 
     def start(self, timeout: float = 90) -> dict[str, dict[str, Any]]:
+        """Take the workspace's lock, then start and record each service; wait until all answer. SIGTERM or
+        Ctrl-C at any moment stops what was started and raises :class:`ServiceError`."""
         ws = self.workspace
-        o = self.options
-        existing = read_json(ws.services_file) if ws.services_file.exists() else {}
-        if existing and processes.alive(existing.get("pid")):
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
             raise ServiceError(
-                f"the workbench already runs for {ws.root} (pid {existing['pid']}); run `workbench down` first"
-            )
+                f"the workbench already runs for {ws.root} (pid {_up_pid(ws) or 'starting'}); run `workbench down` "
+                "first"
+            ) from None
+        self._catch_stop_signals()
+        try:
+            self._record()  # before anything starts: `down` finds this process from now on
+            self._start_all()
+            self._wait_healthy(timeout)
+        except BaseException as e:
+            self.stop()
+            if isinstance(e, Stopped):
+                raise ServiceError("stopped while starting (`workbench down` or Ctrl-C)") from None
+            raise
+        return self.info
+
+    def _catch_stop_signals(self) -> None:
+        def on_signal(signum: int, frame: object) -> None:
+            self.stopping = True
+
+        if not _main_thread():
+            return  # (signals reach the main thread only) started from a notebook's thread: stop() ends it
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _check_stop(self) -> None:
+        if self.stopping:
+            raise Stopped()
+
+    def _record(self) -> None:
+        write_json_atomic(
+            self.workspace.services_file, {"pid": os.getpid(), "services": self.info, "started": time.time()}
+        )
+
+    def _start_all(self) -> None:
+        ws, o = self.workspace, self.options
         logs = ws.state / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {**os.environ, "WORKBENCH_WORKSPACE": str(ws.root)}
         names = [n for n in SERVICES if not o.enabled or n in o.enabled]
         for name in names:
+            self._check_stop()
             svc = SERVICES[name]
             wanted = (o.ports or {}).get(name) or svc.default_port
             port = _port_for(name, wanted, o.host)
-            log = open(logs / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(
-                svc.command(ws, o, port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-            log.close()
+            with open_private(logs / f"{name}.log") as log:
+                self.procs[name] = subprocess.Popen(
+                    svc.command(ws, o, port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**env, **svc.env(o)},
+                    start_new_session=True,
+                    # a service dies with this process even on kill -9 (then the lock is free for the next `up`)
+                    preexec_fn=processes.dying_with_parent() if _main_thread() else None,
+                )
             self.info[name] = {
                 "pid": self.procs[name].pid,
                 "port": port,
@@ -172,27 +231,25 @@ class Services:
                 "health": f"http://{o.host}:{port}{svc.health_path(o)}",
                 "log": str(logs / f"{name}.log"),
             }
-        write_json_atomic(ws.services_file, {"pid": os.getpid(), "services": self.info, "started": time.time()})
-        self._wait_healthy(timeout)
-        return self.info
+            self._record()
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = set(self.info)
         while pending:
             for name in sorted(pending):
+                self._check_stop()
                 if self.procs[name].poll() is not None:
-                    self.stop()
                     raise ServiceError(f"{name} exited at start; see {self.info[name]['log']}")
                 if _healthy(self.info[name]["health"]):
                     pending.discard(name)
                     print(f"  {name:<12} ready  {self.info[name]['url']}", flush=True)
             if pending and time.monotonic() > deadline:
-                self.stop()
                 raise ServiceError(f"{', '.join(sorted(pending))} did not answer within {timeout:.0f} s")
             time.sleep(0.3)
 
     def stop(self) -> None:
+        """Stop every service started (whole process trees), forget them, release the workspace's lock."""
         processes.kill_trees([p.pid for p in self.procs.values()], grace=10)
         for p in self.procs.values():
             p.wait()
@@ -201,19 +258,15 @@ class Services:
                 self.workspace.services_file.unlink()
         except (OSError, ValueError):
             pass
+        if self.lock.is_locked:
+            self.lock.release(force=True)
 
     def run_forever(self) -> None:
         """Block until Ctrl-C / SIGTERM, then stop everything. A service that dies is reported."""
-        stop = {"now": False}
-
-        def on_signal(signum: int, frame: object) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        self._catch_stop_signals()
         reported: set[str] = set()
         try:
-            while not stop["now"]:
+            while not self.stopping:
                 for name, p in self.procs.items():
                     if p.poll() is not None and name not in reported:
                         reported.add(name)
@@ -226,15 +279,40 @@ class Services:
 
 
 def up(workspace: Workspace, options: Options) -> Services:
+    """Start the services (see :class:`Services`); the token is ``options.token``, else
+    ``WORKBENCH_JUPYTER_TOKEN``, else a random one."""
     if not options.token:
-        options = Options(**{**options.__dict__, "token": secrets.token_hex(16)})
+        token = settings.JUPYTER_TOKEN.get() or secrets.token_hex(16)
+        options = Options(**{**options.__dict__, "token": token})
     services = Services(workspace.ensure(), options)
     services.start()
+    try:
+        from workbench.backends import reconcile
+
+        reconcile(workspace)  # jobs whose supervisor died while nothing watched are failed now
+    except Exception as e:  # noqa: BLE001 - the services run; a job database problem is reported, not fatal here
+        print(f"note: the job database could not be checked: {e}", flush=True)
     return services
 
 
+def _up_pid(workspace: Workspace) -> int | None:
+    try:
+        pid = read_json(workspace.services_file).get("pid")
+    except (OSError, ValueError):
+        return None
+    return pid if processes.alive(pid) else None
+
+
 def down(workspace: Workspace, timeout: float = 30) -> bool:
-    """Stop the ``workbench up`` of this workspace; return False when none ran."""
+    """Stop the ``workbench up`` of this workspace, also one still starting; return False when none ran."""
+    lock = FileLock(str(workspace.state / "up.lock"), mode=0o600)
+    if workspace.state.is_dir():
+        try:
+            lock.acquire(timeout=0)
+            lock.release()  # nobody holds it: no `up` runs (what services.json says is stale)
+        except Timeout:
+            # an `up` holds it; it records its pid before it starts anything
+            processes.wait_for(lambda: _up_pid(workspace) is not None, 10)
     try:
         data = read_json(workspace.services_file)
     except (OSError, ValueError):
@@ -244,6 +322,7 @@ def down(workspace: Workspace, timeout: float = 30) -> bool:
         os.kill(pid, signal.SIGTERM)
         if processes.wait_for(lambda: not processes.alive(pid), timeout):
             return True
+        data = read_json(workspace.services_file) if workspace.services_file.exists() else data
     # The `up` process is gone or stuck: stop what it started ourselves.
     pids = [s["pid"] for s in data.get("services", {}).values() if processes.alive(s["pid"])]
     processes.kill_trees(pids, grace=10)

@@ -50,6 +50,9 @@ SERVE_LOAD_YIELD = Setting(
 SERVE_LOG_SAMPLE = Setting(
     "WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite"
 )
+JUPYTER_TOKEN = Setting(
+    "WORKBENCH_JUPYTER_TOKEN", "", "JupyterLab token of `workbench up` (empty: random); never in argv"
+)
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
 PROMOTE_PRIORITY = Setting(
     "WORKBENCH_PROMOTE_PRIORITY",

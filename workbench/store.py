@@ -2,21 +2,37 @@
 
 SQLite gives many processes (notebook kernels, the CLI, job supervisors) one
 consistent view without a server. ``run.json`` in each run dir mirrors the
-state so the run dir alone tells its story.
+state so the run dir alone tells its story, and the database can always be
+rebuilt from those files: a database that is corrupt (garbage over its header,
+a truncated page) is moved aside and rebuilt at its next use, and one that was
+emptied (truncated to nothing) is filled again, with a warning saying so. A
+final state that a job's supervisor could only write into run.json (the
+database was unusable then) is taken over on the next read.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
 import sqlite3
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
 
 from workbench.errors import JobNotFound, WorkspaceError
-from workbench.workspace import Workspace, read_json, write_json_atomic
+from workbench.workspace import Workspace, private_dir, read_json, write_json_atomic
+
+log = logging.getLogger("workbench")
+T = TypeVar("T")
+
+# SQLite's primary result codes for a file that is not (or no longer) a database.
+_CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -63,6 +79,14 @@ class JobRecord:
         return cls(**d)
 
 
+def _has_table(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is not None
+
+
+def _corrupt(e: sqlite3.Error) -> bool:
+    return isinstance(e, sqlite3.DatabaseError) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT
+
+
 class JobStore:
     """All job records of one workspace. Cheap to create; opens a connection per call."""
 
@@ -70,58 +94,175 @@ class JobStore:
         self.workspace = workspace
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _locked(self, mode: int) -> Iterator[None]:
+        """Hold ``state/jobs.sqlite.lock``: shared while using the database, exclusive while replacing it (so that
+        no process opens the file, or its -wal and -shm, while a repair swaps them)."""
         path = self.workspace.db_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)``; a corrupt database is repaired (see :meth:`_repair`) and ``work`` run again."""
+        path = self.workspace.db_path
+        for tries_left in (1, 0):
+            try:
+                with self._locked(fcntl.LOCK_SH):
+                    conn = self._open(path)
+                    try:
+                        return work(conn)
+                    finally:
+                        conn.close()
+            except sqlite3.Error as e:
+                if _corrupt(e) and tries_left:
+                    self._repair(path, e)
+                    continue
+                raise WorkspaceError(f"the job database {path} failed ({e}); running jobs go on") from e
+            except OSError as e:
+                raise WorkspaceError(f"the job database {path} cannot be used ({e}); running jobs go on") from e
+        raise AssertionError("unreachable")
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        """A connection to the database, created (0600) and filled from run.json files when it has no table (two
+        processes may both fill it: inserts of a record already there are ignored)."""
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # its -wal and -shm get the same mode
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise WorkspaceError(
-                f"the job database {path} is unreadable ({e}). Running jobs are not affected; "
-                f"move the file aside (e.g. mv {path} {path}.corrupt) to start a fresh one"
-            ) from e
-        try:
-            yield conn
-        except sqlite3.DatabaseError as e:
-            raise WorkspaceError(f"the job database {path} failed: {e}") from e
-        finally:
+            if not _has_table(conn):
+                conn.execute("BEGIN IMMEDIATE")  # one writer fills it; others see it whole, table and rows at once
+                found = 0
+                if not _has_table(conn):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    found = self._import_runs(conn)
+                conn.execute("COMMIT")
+                if found:
+                    log.warning("the job database %s was empty; rebuilt %d jobs from runs/*/run.json", path, found)
+            return conn
+        except BaseException:
             conn.close()
+            raise
+
+    def _repair(self, path: Path, error: sqlite3.Error) -> None:
+        """Move a corrupt database aside and build a fresh one from the run.json files (once, whoever gets the
+        lock first; the others find it healthy)."""
+        with self._locked(fcntl.LOCK_EX):
+            try:
+                conn = self._open(path)
+                try:
+                    conn.execute("SELECT count(*) FROM jobs").fetchone()
+                    conn.execute("PRAGMA quick_check").fetchone()
+                finally:
+                    conn.close()
+                return  # another process repaired it meanwhile
+            except sqlite3.Error as e:
+                if not _corrupt(e):
+                    raise WorkspaceError(f"the job database {path} cannot be opened ({e})") from e
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            os.replace(path, aside)
+            conn = self._open(path)
+            conn.close()
+        message = (
+            f"the job database {path} was corrupt ({error}); moved it aside to {aside.name} and rebuilt it from "
+            f"{self.workspace.runs}/*/run.json"
+        )
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _import_runs(self, conn: sqlite3.Connection) -> int:
+        """Insert a record for each run folder with a run.json (what the database mirrors); return how many."""
+        found = 0
+        runs = sorted(self.workspace.runs.glob("*/run.json")) if self.workspace.runs.is_dir() else []
+        for run_json in runs:
+            if run_json.parent.name.startswith("."):
+                continue
+            try:
+                run = read_json(run_json)
+                spec = run["spec"]
+                conn.execute(
+                    "INSERT OR IGNORE INTO jobs (id, name, backend, state, created, started, ended, attempt, "
+                    "supervisor_pid, message, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        run["id"],
+                        run.get("name") or run["id"],
+                        run.get("backend", "local"),
+                        run.get("state") if run.get("state") in STATES else "failed",
+                        run["created"],
+                        run.get("started"),
+                        run.get("ended"),
+                        run.get("attempt") or 0,
+                        run.get("supervisor_pid"),
+                        run.get("message"),
+                        json.dumps(spec),
+                    ),
+                )
+                found += 1
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("skipped %s while rebuilding the job database: %s", run_json, e)
+        return found
 
     def insert(self, record: JobRecord) -> None:
-        with self._connect() as c:
-            c.execute(
-                "INSERT INTO jobs (id, name, backend, state, created, attempt, spec) VALUES (?,?,?,?,?,?,?)",
+        self._run(
+            lambda c: c.execute(  # OR REPLACE: a rebuild may have taken the record from run.json already
+                "INSERT OR REPLACE INTO jobs (id, name, backend, state, created, attempt, spec) VALUES (?,?,?,?,?,?,?)",
                 (record.id, record.name, record.backend, record.state, record.created, 0, json.dumps(record.spec)),
             )
+        )
 
     def get(self, job_id: str) -> JobRecord:
-        with self._connect() as c:
+        def find(c: sqlite3.Connection) -> sqlite3.Row | None:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 # Accept a unique prefix, as git does for commits.
                 rows = c.execute("SELECT * FROM jobs WHERE id LIKE ?", (job_id + "%",)).fetchall()
                 if len(rows) == 1:
                     row = rows[0]
+            return row  # type: ignore[no-any-return]
+
+        row = self._run(find)
         if row is None:
             raise JobNotFound(f"no job {job_id!r} in workspace {self.workspace.root}")
-        return JobRecord.from_row(row)
+        return self._settled(JobRecord.from_row(row))
 
     def list(self, limit: int | None = None) -> list[JobRecord]:
         sql = "SELECT * FROM jobs ORDER BY created DESC"
-        with self._connect() as c:
-            rows = c.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
-        return [JobRecord.from_row(r) for r in rows]
+        rows = self._run(lambda c: c.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall())
+        return [self._settled(JobRecord.from_row(r)) for r in rows]
+
+    def _settled(self, record: JobRecord) -> JobRecord:
+        """``record``, with the final state its run.json holds when the database missed it (its supervisor wrote
+        run.json while the database could not be written)."""
+        if record.state in FINAL_STATES:
+            return record
+        try:
+            run = read_json(self.workspace.run(record.id).run_json)
+        except (OSError, ValueError):
+            return record
+        if run.get("state") not in FINAL_STATES:
+            return record
+        self._run(
+            lambda c: c.execute(
+                "UPDATE jobs SET state = ?, message = ?, ended = ? WHERE id = ?",
+                (run["state"], run.get("message"), run.get("ended"), record.id),
+            )
+        )
+        return replace(record, state=run["state"], message=run.get("message"), ended=run.get("ended"))
 
     def update(self, job_id: str, **fields: Any) -> None:
         if not fields:
             return
         cols = ", ".join(f"{k} = ?" for k in fields)
-        with self._connect() as c:
-            c.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+        self._run(lambda c: c.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id)))
 
     def transition(self, job_id: str, state: str, message: str | None = None, **fields: Any) -> bool:
         """Move a job to ``state`` unless it already ended; mirror it into run.json.
@@ -137,12 +278,15 @@ class JobStore:
             fields.setdefault("ended", now)
         cols = ", ".join(f"{k} = ?" for k in ("state", "message", *fields))
         final = ",".join("?" * len(FINAL_STATES))
-        with self._connect() as c:
-            cur = c.execute(
-                f"UPDATE jobs SET {cols} WHERE id = ? AND state NOT IN ({final})",
-                (state, message, *fields.values(), job_id, *FINAL_STATES),
+        changed = self._run(
+            lambda c: (
+                c.execute(
+                    f"UPDATE jobs SET {cols} WHERE id = ? AND state NOT IN ({final})",
+                    (state, message, *fields.values(), job_id, *FINAL_STATES),
+                ).rowcount
+                == 1
             )
-            changed = cur.rowcount == 1
+        )
         if changed:
             self._mirror(job_id)
         return changed
@@ -160,5 +304,20 @@ class JobStore:
             started=record.started,
             ended=record.ended,
             attempt=record.attempt,
+            supervisor_pid=record.supervisor_pid,
         )
         write_json_atomic(path, data)
+
+
+def record_in_run_json(workspace: Workspace, job_id: str, **values: Any) -> None:
+    """Write ``values`` (state, message, ended...) into the run's run.json: the record a job's supervisor keeps
+    when the database cannot be written, and that a rebuilt database starts from."""
+    path = workspace.run(job_id).run_json
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        data = {}
+    if data.get("state") in FINAL_STATES and values.get("state") not in (None, data.get("state")):
+        return  # already ended (e.g. cancelled): a late writer does not change it
+    data.update(values)
+    write_json_atomic(path, data)

@@ -299,10 +299,28 @@ def test_bundled_minio(rendered: dict[tuple[str, str], Path]) -> None:
         assert "--logdir=s3://workbench/team-a/runs" in c["args"]
         e = env(c)
         assert e["S3_ENDPOINT"] == "http://wb-workbench-minio:9000"
-        assert e["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "wb-workbench-minio", "key": "AWS_ACCESS_KEY_ID"}}
+        assert e["AWS_ACCESS_KEY_ID"] == {
+            "secretKeyRef": {"name": "wb-workbench-minio-user", "key": "AWS_ACCESS_KEY_ID"}
+        }  # the bucket-scoped user, not MinIO's root keys
     j = env(container(find(docs, "Deployment", "-jupyter"), "jupyter"))
     assert j["WORKBENCH_K8S_S3_ENDPOINT"] == "http://wb-workbench-minio:9000"
-    assert j["WORKBENCH_K8S_S3_SECRET"] == "wb-workbench-minio"
+    assert j["WORKBENCH_K8S_S3_SECRET"] == "wb-workbench-minio-user"
+    assert j["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "wb-workbench-minio-user"
+    user = find(docs, "Secret", "-minio-user")
+    assert set(user["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    root_users = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in POD_KINDS
+        for c in pod_spec(d)["containers"]
+        for v in c.get("env", [])
+        if v.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "wb-workbench-minio"
+    }
+    assert root_users == {"wb-workbench-minio", "wb-workbench-minio-bucket"}  # MinIO itself and the hook Job only
+    script = container(hook, "create-bucket")["args"][0]
+    assert "mc admin user add" in script and "mc admin policy attach" in script
+    hook_env = env(container(hook, "create-bucket"))
+    assert hook_env["USER_ACCESS_KEY"]["secretKeyRef"]["name"] == "wb-workbench-minio-user"
     policy = find(docs, "NetworkPolicy", "-minio")
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": 9000, "protocol": "TCP"}]
 
@@ -356,11 +374,27 @@ def test_network_policies(rendered: dict[tuple[str, str], Path]) -> None:
     assert tb["from"] == [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "workbench", "app.kubernetes.io/instance": "wb"}}}
     ]
+    release = {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "workbench", "app.kubernetes.io/instance": "wb"}}
+    }
+    serving = find(docs, "NetworkPolicy", "-serving")["spec"]["ingress"][0]
+    assert serving["from"] == [release, {"podSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "workbench"}}}]
     training = find(docs, "NetworkPolicy", "-training")["spec"]
     assert training["podSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "workbench"}}
     restricted = find(docs_of(rendered, "ingress"), "NetworkPolicy", "-jupyter")["spec"]["ingress"][0]
     assert restricted["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
     assert not [d for d in docs_of(rendered, "minimal") if d["kind"] == "NetworkPolicy"]
+
+
+def test_serving_token_reaches_the_server_and_jupyter(rendered: dict[tuple[str, str], Path]) -> None:
+    docs = docs_of(rendered, "defaults")
+    secret = find(docs, "Secret", "-serving")
+    assert set(secret["data"]) == {"token"}
+    ref = {"secretKeyRef": {"name": "wb-workbench-serving", "key": "token"}}
+    assert env(container(find(docs, "Deployment", "-serving"), "server"))["WORKBENCH_SERVER_TOKEN"] == ref
+    assert env(container(find(docs, "Deployment", "-jupyter"), "jupyter"))["WORKBENCH_SERVER_TOKEN"] == ref
+    minimal = docs_of(rendered, "minimal")
+    assert "WORKBENCH_SERVER_TOKEN" not in env(container(find(minimal, "Deployment", "-jupyter"), "jupyter"))
 
 
 def test_serving_engines(rendered: dict[tuple[str, str], Path]) -> None:

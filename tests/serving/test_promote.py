@@ -156,9 +156,9 @@ def test_corrupt_version_on_disk_is_skipped_and_old_one_keeps_serving(publish, s
     publish("corrupt")
     publish("corrupt")
     server.wait_version("corrupt", 2)
-    store = ModelStore(Workspace.current(), "corrupt")  # published through the index, as promote would
+    store = ModelStore(Workspace.current(), "corrupt")  # published past the validation gate: model.json lists it
     staging = store.staging_dir()
-    shutil.copytree(server.workspace / "models" / "corrupt" / "2", staging, dirs_exist_ok=True)
+    shutil.copytree(store.dir / "2", staging, dirs_exist_ok=True)
     (staging / "saved_model.pb").write_bytes(b"\x00garbage" * 100)
     assert store.publish(staging, store.read()["versions"]["2"]) == 3
     deadline = time.monotonic() + 20

@@ -8,10 +8,16 @@ traceback at ``import workbench``.
 
 from __future__ import annotations
 
+import logging
+
 from workbench import settings
 from workbench.backends.base import Backend
 from workbench.errors import WorkbenchError
 from workbench.plugins import instantiate
+from workbench.store import JobRecord
+from workbench.workspace import Workspace
+
+log = logging.getLogger("workbench")
 
 REGISTRY: dict[str, tuple[str, str]] = {
     # name: (dotted path "module:Class", install hint for its extra)
@@ -32,3 +38,19 @@ def get_backend(name: str | None = None) -> Backend:
     target, hint = REGISTRY[name]
     backend: Backend = instantiate(target, f"the {name} backend", hint or "reinstall workbench")
     return backend
+
+
+def reconcile(workspace: Workspace) -> None:
+    """Let each backend settle the active jobs it runs (a dead local supervisor's job is failed, its replicas
+    stopped), so that a listing never shows a dead job as running."""
+    from workbench.store import FINAL_STATES, JobStore
+
+    active: dict[str, list[JobRecord]] = {}
+    for record in JobStore(workspace).list():
+        if record.state not in FINAL_STATES:
+            active.setdefault(record.backend, []).append(record)
+    for name, records in active.items():
+        try:
+            get_backend(name).reconcile(workspace, records)
+        except WorkbenchError as e:  # e.g. the Kubernetes API is unreachable: list what the store says
+            log.warning("could not check the %s jobs against what runs: %s", name, e)

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Iterator
 
 from workbench.spec import JobSpec
+from workbench.store import JobRecord
 from workbench.workspace import Workspace
 
 
@@ -30,6 +31,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, workspace: Workspace, job_id: str) -> str:
         """Stop every replica of the job (its whole process tree / pods); return the final state."""
+
+    def reconcile(self, workspace: Workspace, records: list[JobRecord]) -> None:
+        """Bring the state of these active jobs in line with what really runs (e.g. fail a job whose supervisor
+        died). Called on each listing of jobs and at ``workbench up``. By default: :meth:`status` of each."""
+        for record in records:
+            self.status(workspace, record.id)
 
     @abc.abstractmethod
     def log_sources(self, workspace: Workspace, job_id: str) -> dict[str, Iterator[str]]:

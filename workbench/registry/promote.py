@@ -13,7 +13,7 @@ import numpy as np
 from workbench.checkpoints import Checkpoint, list_checkpoints
 from workbench.errors import CheckpointError, JobNotFound, RegistryError
 from workbench.registry import worker
-from workbench.registry.store import VERSION_JSON, ModelStore, check_name
+from workbench.registry.store import VERSION_JSON, ModelStore, check_name, clean
 from workbench.serving.model import frameworks
 from workbench.serving.model.signature import Signature
 from workbench.workspace import Workspace, read_json, write_json_atomic
@@ -80,6 +80,7 @@ def promote(
     fw_name = framework or _framework_of(run, chosen.path)
     fw = frameworks.get_framework(fw_name)
     store = ModelStore(ws.ensure(), name)
+    clean(ws)  # what promotes killed earlier left behind (their staging folders, their workers)
     # taken now, so that a cold validation worker imports its framework while the export runs, not after it
     validator = worker.POOL.take("validate", fw.name, fw.python())
     staging = store.staging_dir()
@@ -109,9 +110,14 @@ def promote(
             worker=validator,
         )
         timings["validate_s"] = round(time.perf_counter() - t0, 3)
-        write_json_atomic(
-            staging / VERSION_JSON, {"framework": fw.name, "format": fw.format, "signature": signature.to_dict()}
-        )
+        try:
+            write_json_atomic(
+                staging / VERSION_JSON, {"framework": fw.name, "format": fw.format, "signature": signature.to_dict()}
+            )
+        except OSError as e:
+            raise RegistryError(
+                f"cannot write {staging / VERSION_JSON} ({e.strerror or e}); nothing was published"
+            ) from e
         source = {
             "run_id": run.get("id"),
             "checkpoint": str(chosen.path),

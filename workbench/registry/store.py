@@ -3,8 +3,16 @@
 Every change happens under an exclusive lock on ``models/<name>/.lock`` and
 rewrites ``model.json`` atomically, so concurrent promotes get distinct
 version numbers and the server (which reads without the lock) always sees a
-whole file. A version folder is renamed into place before ``model.json``
-names it, so a version listed there is always complete on disk.
+whole file.
+
+``model.json`` is the registry's one truth, written last: a version exists once
+``model.json`` lists it, never because a folder is there. Publishing fsyncs the
+staged folder, renames it to its number, then writes ``model.json`` (fsynced,
+with its folder); when any step fails the folder is taken back out, so the
+registry is exactly as before. What a crash (kill -9, power loss) leaves behind
+(``.staging-*`` folders, numbered folders ``model.json`` does not list) is
+invisible to readers and removed by :func:`clean` (on the next promote, at
+server start, by ``workbench gc``).
 
 ``model.json``::
 
@@ -19,9 +27,12 @@ names it, so a version listed there is always complete on disk.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,12 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from workbench.errors import ModelNotFound, RegistryError
-from workbench.workspace import Workspace, read_json, write_json_atomic
+from workbench.workspace import Workspace, fsync_dir, fsync_tree, read_json, write_json_atomic
+
+log = logging.getLogger("workbench.registry")
 
 MODEL_JSON = "model.json"
 VERSION_JSON = "workbench.json"  # inside a version folder: framework, format, signature (self-describing copy)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_STAGING = re.compile(r"^\.staging-(\d+)-(\d+)$")  # .staging-<pid of the promote>-<time.time_ns() at creation>
 _HISTORY_KEPT = 200
 
 
@@ -49,6 +65,11 @@ def version_dirs(model_dir: Path) -> dict[int, Path]:
     if not model_dir.is_dir():
         return {}
     return {int(p.name): p for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and p.is_dir()}
+
+
+def published_dirs(model_dir: Path, data: dict[str, Any]) -> dict[int, Path]:
+    """The version folders ``model.json`` (``data``) lists: the only ones a server may load."""
+    return {v: p for v, p in version_dirs(model_dir).items() if str(v) in data["versions"]}
 
 
 def empty(name: str) -> dict[str, Any]:
@@ -110,7 +131,7 @@ class ModelStore:
         return self.workspace.model_dir(self.name)
 
     def exists(self) -> bool:
-        return (self.dir / MODEL_JSON).exists() or bool(version_dirs(self.dir))
+        return (self.dir / MODEL_JSON).exists()
 
     def read(self) -> dict[str, Any]:
         if not self.exists():
@@ -120,46 +141,121 @@ class ModelStore:
         return read_model_json(self.dir)
 
     @contextmanager
-    def locked(self, create: bool = False) -> Iterator[dict[str, Any]]:
+    def locked(self) -> Iterator[dict[str, Any]]:
         """Hold the model's lock; yield ``model.json`` as a dict and write it back (atomically) on success."""
-        if not create:
-            self.read()  # ModelNotFound, listing the models there are
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        self.read()  # ModelNotFound, listing the models there are
+        with self._lock():
+            data = read_model_json(self.dir)
+            yield data
+            data["history"] = data["history"][-_HISTORY_KEPT:]
             try:
-                data = read_model_json(self.dir)
-                yield data
-                data["history"] = data["history"][-_HISTORY_KEPT:]
                 write_json_atomic(self.dir / MODEL_JSON, data)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            except OSError as e:
+                raise RegistryError(f"cannot write {self.dir / MODEL_JSON} ({_cause(e)}); nothing changed") from e
 
     def staging_dir(self) -> Path:
-        """A fresh hidden folder inside the model folder (same filesystem, so publishing is one rename)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """A fresh hidden folder inside the model folder (same filesystem, so publishing is one rename), named
+        after this process so that :func:`clean` knows when its owner is gone."""
         path = self.dir / f".staging-{os.getpid()}-{time.time_ns()}"
-        path.mkdir()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except OSError as e:
+            raise RegistryError(
+                f"cannot create a staging folder in {self.dir} ({_cause(e)}); nothing was published"
+            ) from e
         return path
 
     def publish(self, staging: Path, entry: dict[str, Any], *, live: bool = True, label: str | None = None) -> int:
-        """Rename ``staging`` to the next version number and record it; return the version."""
-        with self.locked(create=True) as data:
-            taken = {int(v) for v in data["versions"]} | set(version_dirs(self.dir))
-            version = max(taken, default=0) + 1
+        """Rename ``staging`` to the next version number and record it in ``model.json``; return the version.
+
+        The version is live once ``model.json`` lists it, written last. On any failure the registry is left as it
+        was (``staging`` included: its caller removes it) and a :class:`RegistryError` names the path and cause.
+        """
+        if label:
+            check_name(label, "label")
+        try:
+            fsync_tree(staging)
+        except OSError as e:
+            raise RegistryError(f"cannot write {staging} to disk ({_cause(e)}); nothing was published") from e
+        with self._lock():
+            data = read_model_json(self.dir)
+            version = self._next_version(data)
+            final = self.dir / str(version)
             current = live_version(data)
-            os.rename(staging, self.dir / str(version))
             data["versions"][str(version)] = {**entry, "version": version, "created": time.time()}
             if live:
                 data["live"], data["traffic"] = None, None
             elif data["live"] is None and current is not None:
                 data["live"] = current  # keep serving what was live: the new version is not the newest-live
             if label:
-                data["labels"][check_name(label, "label")] = version
+                data["labels"][label] = version
             data["history"].append(
                 {"time": time.time(), "event": "promote", "version": version, "live": live, "label": label}
             )
+            data["history"] = data["history"][-_HISTORY_KEPT:]
+            data["last_version"] = version
+            try:
+                os.rename(staging, final)
+            except OSError as e:
+                raise RegistryError(f"cannot move {staging} to {final} ({_cause(e)}); nothing was published") from e
+            try:
+                fsync_dir(self.dir)
+                write_json_atomic(self.dir / MODEL_JSON, data)
+            except BaseException as e:
+                if str(version) in _listed(self.dir):
+                    log.warning("%s lists version %s but syncing its folder failed (%s)", MODEL_JSON, version, e)
+                    return version  # written: the version is published (readers already see it)
+                os.rename(final, staging)  # back out: model.json still says what it said
+                if isinstance(e, OSError):
+                    raise RegistryError(
+                        f"cannot write {self.dir / MODEL_JSON} ({_cause(e)}); version {version} was not published "
+                        "and the registry is unchanged"
+                    ) from e
+                raise
             return version
+
+    def _next_version(self, data: dict[str, Any]) -> int:
+        """One more than any number ever given out (``last_version``, the history) or found on disk, so a number
+        is never reused and never collides with a folder a crash left behind."""
+        taken = {int(v) for v in data["versions"]} | set(version_dirs(self.dir))
+        taken |= {int(h["version"]) for h in data["history"] if h.get("event") == "promote" and h.get("version")}
+        return max(taken | {int(data.get("last_version") or 0)}, default=0) + 1
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / ".lock", "a+")
+        except OSError as e:
+            raise RegistryError(f"cannot lock {self.dir / '.lock'} ({_cause(e)})") from e
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def gc(self) -> list[Path]:
+        """Remove what crashed promotes left in this model's folder: ``.staging-*`` folders whose process is gone,
+        numbered folders ``model.json`` does not list, temporary ``model.json`` files. Returns what it removed."""
+        removed = []
+        with self._lock():
+            data = read_model_json(self.dir)
+            for p in self.dir.iterdir():
+                orphan = (p.name.isdigit() and p.is_dir() and p.name not in data["versions"]) or (
+                    p.name.startswith(f".{MODEL_JSON}.")
+                )
+                m = _STAGING.match(p.name)
+                if orphan or (m and not _owner_alive(int(m.group(1)), int(m.group(2)) / 1e9)):
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+                    removed.append(p)
+        for p in removed:
+            log.info("removed %s (left by an unfinished promote)", p)
+        return removed
 
     def rollback(self, to: int | str | None = None) -> int:
         """Make ``to`` (default: the version before the live one) live; mark the one it replaces rolled back."""
@@ -212,7 +308,47 @@ class ModelStore:
 
 
 def names(workspace: Workspace) -> list[str]:
-    """Models in the workspace."""
+    """Models in the workspace: folders with a ``model.json`` (a first promote that never finished is none)."""
     if not workspace.models.is_dir():
         return []
-    return sorted(p.name for p in workspace.models.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name for p in workspace.models.iterdir() if not p.name.startswith(".") and (p / MODEL_JSON).is_file()
+    )
+
+
+def clean(workspace: Workspace) -> list[Path]:
+    """Remove what crashed promotes left behind in every model folder (see :meth:`ModelStore.gc`) and stop
+    orphaned export/validation workers. Safe while other promotes run. Returns the paths removed.
+
+    The model server calls it at start; promote before it publishes; ``workbench gc`` on demand."""
+    from workbench.registry.worker import stop_orphans
+
+    stop_orphans()
+    removed: list[Path] = []
+    if workspace.models.is_dir():
+        for p in sorted(workspace.models.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and _NAME.match(p.name):
+                removed += ModelStore(workspace, p.name).gc()
+    return removed
+
+
+def _listed(model_dir: Path) -> set[str]:
+    try:
+        return set(read_model_json(model_dir)["versions"])
+    except RegistryError:
+        return set()
+
+
+def _owner_alive(pid: int, created: float) -> bool:
+    """Whether the process that created a staging folder at ``created`` still runs (not a later one with its
+    pid)."""
+    try:
+        return psutil.Process(pid).create_time() <= created + 1
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cause(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return e.strerror or str(e)

@@ -60,6 +60,8 @@ from workbench.registry.worker import main
 sys.exit(main(sys.argv[1:]))
 """
 _READY = "@@workbench-worker-ready"
+_PARENT_VAR = "WORKBENCH_PROMOTE_PARENT"  # pid of the process that started a worker (which it must not outlive)
+PARENT_CHECK_S = 0.2
 
 
 # ---------------------------------------------------------------- inside the worker
@@ -93,9 +95,45 @@ def _validate(framework: Any, req: dict[str, Any]) -> dict[str, Any]:
 OPS = {"export": _export, "validate": _validate}
 
 
+def _exit_with_parent() -> None:
+    """End this worker as soon as the process that started it is gone (e.g. a promote killed with kill -9): its
+    answer has no reader, and an import or export would run on for minutes. A watch on the parent pid rather than
+    Linux's parent-death signal, which fires when the *thread* that started the worker ends (the pool starts
+    spares from a short-lived thread)."""
+    parent = int(os.environ.get(_PARENT_VAR) or 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    if parent:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def stop_orphans() -> list[int]:
+    """Kill export/validation workers whose parent process is gone (left by a promote killed with kill -9, before
+    their own watch noticed); return their pids."""
+    import psutil
+
+    killed = []
+    for p in psutil.process_iter(["cmdline", "ppid"]):
+        try:
+            if _BOOT not in (p.info["cmdline"] or []):
+                continue
+            parent = int(p.environ().get(_PARENT_VAR) or 0)
+            if parent and p.info["ppid"] != parent:
+                p.kill()
+                killed.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+            continue
+    return killed
+
+
 def main(argv: list[str]) -> int:
     from workbench.serving.model.frameworks import get_framework
 
+    _exit_with_parent()
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever the framework or user code prints goes to the log, not into our answer
     sys.stdout = sys.stderr
@@ -164,6 +202,7 @@ class _Worker:
         self.log = tempfile.TemporaryFile(prefix="workbench-worker-")
         root = str(Path(__file__).resolve().parents[2])  # so another venv's python imports this workbench
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        env[_PARENT_VAR] = str(os.getpid())
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.proc = subprocess.Popen(
             [python or sys.executable, "-c", _BOOT, framework, *(["--spare"] if spare else [])],
@@ -381,6 +420,9 @@ class WorkerPool:
 POOL = WorkerPool()
 
 
+_OS_ERRORS = {c.__name__ for c in (OSError, *OSError.__subclasses__())}
+
+
 def run(
     role: str,
     framework: str,
@@ -403,7 +445,10 @@ def run(
         worker.discard()
     if not answer["ok"]:
         error = CheckpointError if answer.get("type") == "CheckpointError" else RegistryError
-        raise (ValidationError if role == "validate" else error)(answer["error"])
+        message = answer["error"]
+        if answer.get("type") in _OS_ERRORS:  # e.g. a full disk: say where it wrote
+            message = f"{role} into {request.get('dest') or request.get('dir')} failed: {message}"
+        raise (ValidationError if role == "validate" else error)(message)
     return {**answer["result"], "priority": worker.priority}
 
 

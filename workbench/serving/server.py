@@ -70,6 +70,10 @@ def serve(
         )  # prometheus_client's multiprocess mode: each worker writes its values to files there
         metrics_dir = tempfile.mkdtemp(prefix="workbench-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from workbench.registry.store import clean
+
+    for path in clean(ws):  # what crashed promotes left behind
+        log.info("removed %s, left by a promote that did not finish", path)
     grpc_text = f" and gRPC on {host}:{grpc}" if grpc else ""
     print(f"serving models from {ws.models} on http://{host}:{port}{grpc_text}", flush=True)
     try:

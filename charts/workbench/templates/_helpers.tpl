@@ -46,6 +46,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.storage.minio.existingSecret | default (printf "%s-minio" (include "workbench.fullname" .)) -}}
 {{- end -}}
 
+{{/* The S3 keys pods get: with bundled MinIO a user scoped to the bucket (the hook Job creates it), never
+the root keys, which only MinIO and that Job see; with an external endpoint, existingSecret's keys. */}}
+{{- define "workbench.s3UserSecret" -}}
+{{- if .Values.storage.minio.bundled -}}
+{{- .Values.storage.minio.userSecret | default (printf "%s-minio-user" (include "workbench.fullname" .)) -}}
+{{- else -}}
+{{- include "workbench.s3Secret" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "workbench.servingSecret" -}}
+{{- .Values.serving.auth.existingSecret | default (printf "%s-serving" (include "workbench.fullname" .)) -}}
+{{- end -}}
+
+{{/* WORKBENCH_SERVER_TOKEN (the model server's bearer token) for a container, when serving.auth is on. */}}
+{{- define "workbench.servingTokenEnv" -}}
+{{- if and .Values.serving.enabled .Values.serving.auth.enabled }}
+- name: WORKBENCH_SERVER_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ include "workbench.servingSecret" . }}, key: token}}
+{{- end }}
+{{- end -}}
+
 {{- define "workbench.minio" -}}
 {{- and (eq .Values.storage.type "minio") .Values.storage.minio.bundled -}}
 {{- end -}}
@@ -67,8 +89,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* S3 settings for a container (MinIO mode): what TensorBoard (S3_ENDPOINT), boto3 and s3fs read. */}}
+{{/* S3 settings for a container (MinIO mode): what TensorBoard (S3_ENDPOINT), boto3 and s3fs read; the keys of
+the bucket-scoped user. */}}
 {{- define "workbench.s3Env" -}}
+{{- include "workbench.s3EnvWith" (dict "root" . "secret" (include "workbench.s3UserSecret" .)) }}
+{{- end -}}
+
+{{/* The same with the keys of Secret "secret": call with (dict "root" $ "secret" NAME). */}}
+{{- define "workbench.s3EnvWith" -}}
+{{- $secret := .secret }}
+{{- with .root }}
 {{- if eq .Values.storage.type "minio" }}
 {{- $endpoint := include "workbench.s3Endpoint" . }}
 - name: S3_ENDPOINT
@@ -80,9 +110,10 @@ app.kubernetes.io/component: {{ .component }}
 - name: S3_USE_HTTPS
   value: {{ ternary "1" "0" (hasPrefix "https://" $endpoint) | quote }}
 - name: AWS_ACCESS_KEY_ID
-  valueFrom: {secretKeyRef: {name: {{ include "workbench.s3Secret" . }}, key: AWS_ACCESS_KEY_ID}}
+  valueFrom: {secretKeyRef: {name: {{ $secret }}, key: AWS_ACCESS_KEY_ID}}
 - name: AWS_SECRET_ACCESS_KEY
-  valueFrom: {secretKeyRef: {name: {{ include "workbench.s3Secret" . }}, key: AWS_SECRET_ACCESS_KEY}}
+  valueFrom: {secretKeyRef: {name: {{ $secret }}, key: AWS_SECRET_ACCESS_KEY}}
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -14,11 +14,18 @@ from workbench.backends.base import Backend
 from workbench.backends.local import processes
 from workbench.conventions import replicas
 from workbench.spec import JobSpec
-from workbench.store import FINAL_STATES, JobStore
-from workbench.workspace import Workspace, read_json
+from workbench.store import FINAL_STATES, JobRecord, JobStore
+from workbench.workspace import Workspace, open_private, read_json
 
 SUPERVISOR = "workbench.backends.local.supervisor"
 START_TIMEOUT_S = 60
+
+
+def _pid_in_run_json(workspace: Workspace, job_id: str) -> int | None:
+    try:
+        return read_json(workspace.run(job_id).run_json).get("supervisor_pid")  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
 
 
 class LocalBackend(Backend):
@@ -27,7 +34,7 @@ class LocalBackend(Backend):
     def submit(self, workspace: Workspace, job_id: str, spec: JobSpec) -> None:
         paths = workspace.run(job_id)
         paths.logs.mkdir(parents=True, exist_ok=True)
-        with open(paths.supervisor_log, "ab") as log:
+        with open_private(paths.supervisor_log) as log:
             # "sh -c '... &'" exits at once, so the supervisor is re-parented and never
             # becomes a zombie of the (long-lived) notebook kernel that submitted it.
             subprocess.run(
@@ -51,19 +58,28 @@ class LocalBackend(Backend):
     def status(self, workspace: Workspace, job_id: str) -> str:
         store = JobStore(workspace)
         record = store.get(job_id)
-        if record.state in FINAL_STATES:
-            return record.state
-        if record.supervisor_pid and not processes.alive(record.supervisor_pid, job_id):
+        if record.state not in FINAL_STATES:
+            self._settle(workspace, store, record)
+        return store.get(job_id).state
+
+    def _settle(self, workspace: Workspace, store: JobStore, record: JobRecord) -> None:
+        """Fail an active job whose supervisor is gone (stopping what is left of its replicas)."""
+        job_id = record.id
+        pid = record.supervisor_pid or _pid_in_run_json(workspace, job_id)
+        if pid and not processes.alive(pid, job_id):
             # Re-read: the supervisor may have written its final state as it exited.
-            record = store.get(job_id)
-            if record.state not in FINAL_STATES:
+            if store.get(job_id).state not in FINAL_STATES:
                 self._stop_replicas(workspace, job_id)
-                store.transition(job_id, "failed", "the job's launcher process died unexpectedly")
-        elif not record.supervisor_pid and time.time() - record.created > START_TIMEOUT_S:
+                store.transition(
+                    job_id,
+                    "failed",
+                    f"the job's launcher process died unexpectedly (pid {pid}: killed or crashed); "
+                    "its replicas were stopped",
+                )
+        elif not pid and time.time() - record.created > START_TIMEOUT_S:
             store.transition(
                 job_id, "failed", f"the launcher did not start (see {workspace.run(job_id).supervisor_log})"
             )
-        return store.get(job_id).state
 
     def cancel(self, workspace: Workspace, job_id: str) -> str:
         store = JobStore(workspace)
@@ -88,12 +104,14 @@ class LocalBackend(Backend):
         return store.get(job_id).state
 
     def _stop_replicas(self, workspace: Workspace, job_id: str) -> None:
+        """Stop the job's replicas and whatever they started (found by the run id in their environment, so that a
+        replica's children are found after the replica itself is gone)."""
         try:
-            listed = read_json(workspace.run(job_id).root / "replicas.json")
+            listed = [r["pid"] for r in read_json(workspace.run(job_id).root / "replicas.json")]
         except (OSError, ValueError):
-            return
-        pids = [r["pid"] for r in listed if processes.alive(r["pid"])]
-        processes.kill_trees(pids, float(settings.KILL_GRACE_S.get()))
+            listed = []
+        pids = {p for p in listed if processes.alive(p)} | set(processes.with_env(settings.RUN_ID_VAR, job_id))
+        processes.kill_trees(sorted(pids), float(settings.KILL_GRACE_S.get()))
 
     def log_sources(self, workspace: Workspace, job_id: str) -> dict[str, Iterator[str]]:
         logs = workspace.run(job_id).logs

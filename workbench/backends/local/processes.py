@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -39,6 +43,40 @@ def alive(pid: int | None, marker: str | None = None) -> bool:
         return marker is None or any(marker in part for part in proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dying_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that makes the child get SIGKILL when the process starting it
+    dies (Linux's parent-death signal), so that a job's replicas never outlive their supervisor unnoticed. None
+    elsewhere. Only for processes started from the main thread: the signal fires when the starting *thread* ends.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
+
+
+def with_env(name: str, value: str) -> list[int]:
+    """Pids of this user's processes whose environment has ``name=value`` (e.g. a job's replicas and their
+    children, by ``WORKBENCH_RUN_ID``)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(name) == value:
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
 
 
 def tree(pid: int) -> list[psutil.Process]:

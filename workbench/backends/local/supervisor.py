@@ -4,6 +4,13 @@ Started by :class:`~workbench.backends.local.backend.LocalBackend` in a
 session of its own, so the job survives the notebook kernel or CLI that
 submitted it. ``python -m workbench.backends.local.supervisor WORKSPACE RUN_ID``.
 SIGTERM cancels the job.
+
+The job database is never a reason to stop a job: when it cannot be read or
+written (corrupt, disk full, locked), the supervisor keeps its replicas running,
+retries with backoff, and records the outcome in run.json, which the store takes
+over on its next read (see :mod:`workbench.store`). Replicas get SIGKILL when
+the supervisor dies (a parent-death signal), and whoever reads the store next
+marks the job failed and stops what is left of them.
 """
 
 from __future__ import annotations
@@ -13,16 +20,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from workbench import conventions, gpus, settings
 from workbench.backends.local import processes
+from workbench.errors import WorkbenchError, WorkspaceError
 from workbench.spec import JobSpec
-from workbench.store import JobStore
-from workbench.workspace import RunPaths, Workspace, write_json_atomic
+from workbench.store import JobStore, record_in_run_json
+from workbench.workspace import RunPaths, Workspace, open_private, read_json, write_json_atomic
 
 POLL_S = 0.2
+STORE_BACKOFF_S = (0.5, 10.0)  # first and longest wait before trying the job database again
+FINAL_WRITE_S = 60  # how long the final state is retried into the database (run.json has it at once)
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,37 +51,73 @@ class Supervisor:
         self.run_id = run_id
         self.store = JobStore(workspace)
         self.paths: RunPaths = workspace.run(run_id)
-        self.spec = JobSpec.from_dict(self.store.get(run_id).spec)
+        self.spec = JobSpec.from_dict(read_json(self.paths.run_json)["spec"])  # run.json: the database may be down
         self.grace = float(settings.KILL_GRACE_S.get())
         self.cancelled = False
+        self._store_down_since: float | None = None
+        self._retry_at = 0.0
+        self._backoff = STORE_BACKOFF_S[0]
 
     def log(self, msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
+    def _db(self, what: str, call: Callable[[], T]) -> T | None:
+        """``call()`` on the job database; None while it cannot be used (tried again after a growing wait)."""
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            result = call()
+        except WorkbenchError as e:  # unusable, or rebuilt without this job: either way the job goes on
+            if self._store_down_since is None:
+                self._store_down_since = time.monotonic()
+                self.log(f"cannot {what} in the job database ({e}); the job goes on, retrying")
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, STORE_BACKOFF_S[1])
+            return None
+        if self._store_down_since is not None:
+            self.log(f"the job database works again (after {time.monotonic() - self._store_down_since:.1f} s)")
+            self._store_down_since = None
+        self._retry_at, self._backoff = 0.0, STORE_BACKOFF_S[0]
+        return result
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.store.update(self.run_id, supervisor_pid=os.getpid())
-        if self.store.get(self.run_id).cancel_requested:
-            self.store.transition(self.run_id, "cancelled", "cancelled before it started")
+        record_in_run_json(self.workspace, self.run_id, supervisor_pid=os.getpid())
+        self._db("record the launcher", lambda: self.store.update(self.run_id, supervisor_pid=os.getpid()))
+        record = self._db("read the job", lambda: self.store.get(self.run_id))
+        if record is not None and record.cancel_requested:
+            self._finish("cancelled", "cancelled before it started")
             return 0
         attempts = self.spec.max_restarts + 1
         for attempt in range(attempts):
             outcome, message = self._attempt(attempt)
             if outcome in ("succeeded", "cancelled") or attempt + 1 == attempts:
-                self.store.transition(self.run_id, outcome, message)
-                self.log(f"job {outcome}: {message}")
+                self._finish(outcome, message)
                 return 0
             self.log(f"{message}; restarting (restart {attempt + 1} of {self.spec.max_restarts})")
         return 0
+
+    def _finish(self, outcome: str, message: str) -> None:
+        """Record the job's end: in run.json at once, in the database as soon as it can be written."""
+        record_in_run_json(self.workspace, self.run_id, state=outcome, message=message, ended=time.time())
+        self.log(f"job {outcome}: {message}")
+        deadline = time.monotonic() + FINAL_WRITE_S
+        while time.monotonic() < deadline:
+            self._retry_at = 0.0
+            if self._db("record the outcome", lambda: self.store.transition(self.run_id, outcome, message)) is not None:
+                return
+            time.sleep(self._backoff)
+        self.log("the job database could not be written; run.json holds the outcome, taken over on its next read")
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.cancelled = True
 
     def _attempt(self, attempt: int) -> tuple[str, str]:
         running = self._start(attempt)
-        self.store.update(self.run_id, attempt=attempt)
-        self.store.transition(self.run_id, "running", f"attempt {attempt + 1}")
+        record_in_run_json(self.workspace, self.run_id, state="running", attempt=attempt, started=time.time())
+        self._db("record the attempt", lambda: self.store.update(self.run_id, attempt=attempt))
+        self._db("record the start", lambda: self.store.transition(self.run_id, "running", f"attempt {attempt + 1}"))
         try:
             return self._watch(running)
         finally:
@@ -100,7 +149,7 @@ class Supervisor:
                 "CUDA_VISIBLE_DEVICES": devices.get(r, ""),
                 "PYTHONUNBUFFERED": "1",
             }
-            log = open(self.paths.replica_log(r.role, r.index), "ab")
+            log = open_private(self.paths.replica_log(r.role, r.index))
             if attempt:
                 log.write(f"\n===== restart {attempt}: attempt {attempt + 1} =====\n".encode())
                 log.flush()
@@ -112,6 +161,7 @@ class Supervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: cancel ends the whole tree
+                preexec_fn=processes.dying_with_parent(),  # never outlives this supervisor
             )
             log.close()
             running.append(Running(r, proc, addresses[r]))
@@ -134,7 +184,8 @@ class Supervisor:
     def _watch(self, running: list[Running]) -> tuple[str, str]:
         must_finish = self._completion(running)
         while True:
-            if self.cancelled or self.store.get(self.run_id).cancel_requested:
+            record = self._db("read the job", lambda: self.store.get(self.run_id))
+            if self.cancelled or (record is not None and record.cancel_requested):
                 return "cancelled", "cancelled by request"
             for r in running:
                 code = r.proc.poll()
@@ -154,7 +205,12 @@ def main(argv: list[str]) -> int:
     try:
         return Supervisor(workspace, run_id).run()
     except Exception as e:
-        JobStore(workspace).transition(run_id, "failed", f"the launcher failed: {type(e).__name__}: {e}")
+        message = f"the launcher failed: {type(e).__name__}: {e}"
+        record_in_run_json(workspace, run_id, state="failed", message=message, ended=time.time())
+        try:
+            JobStore(workspace).transition(run_id, "failed", message)
+        except WorkspaceError:
+            pass  # run.json has it
         raise
 
 

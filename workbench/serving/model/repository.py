@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from workbench import settings
 from workbench.background import stepping_aside
 from workbench.errors import WorkbenchError
-from workbench.registry.store import VERSION_JSON, live_version, read_model_json, version_dirs
+from workbench.registry.store import VERSION_JSON, live_version, published_dirs, read_model_json, version_dirs
 from workbench.serving.model import frameworks
 from workbench.serving.model.batching import Batcher, Closed, Inputs, Outputs
 from workbench.serving.model.frameworks.base import Framework, Runtime
@@ -300,8 +300,7 @@ class ModelRepository:
         except WorkbenchError as e:
             log.error("model %s: %s; still serving what was loaded", name, e)
             return
-        on_disk = version_dirs(model_dir)
-        published = {v: p for v, p in on_disk.items() if str(v) in data["versions"]}  # the index is the truth
+        published = published_dirs(model_dir, data)  # model.json is the truth: a bare folder is no version
         old = self._models.get(name)
         servables = {v: s for v, s in (old.servables.items() if old else ()) if v in published}
         failed = {v: e for v, e in (old.failed.items() if old else ()) if v in published}
