@@ -25,6 +25,8 @@ def submit(
     env: dict[str, str] | None = None,
     python: str | None = None,
     max_restarts: int = 0,
+    priority: int = 0,
+    cpus: int | None = None,
 ) -> Job:
     """Run ``script`` as a training job; return its :class:`Job` at once.
 
@@ -34,7 +36,8 @@ def submit(
     MXNet). ``gpus``: GPUs per training replica. ``python``: interpreter, venv
     or named environment to run in (default: this one, or the framework's
     named environment). ``max_restarts``: restarts of the whole job after a
-    replica fails. The script's folder is snapshotted into the run dir.
+    replica fails. ``priority``: higher starts first in the local queue; ``cpus``: CPU slots the job
+    holds there (default: one per replica; see docs/jobs.md). The script's folder is snapshotted into the run dir.
     Raises :class:`~workbench.errors.SpecError` (and friends) before creating
     anything when the request is wrong.
     """
@@ -49,6 +52,8 @@ def submit(
         env=dict(env or {}),
         python=python,
         max_restarts=max_restarts,
+        priority=priority,
+        cpus=cpus,
     )
     return Job(launcher.submit(spec))
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from workbench.errors import WorkbenchError
 
@@ -66,8 +67,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"  {name:<12} {state:<9} pid {item['pid']:<8} {item['url']}")
     active = [j for j in api.jobs(limit=200) if j.status() in ("queued", "running")]
     print(f"jobs: {len(active)} active")
+    positions = _queue_positions()
     for j in active:
-        print(f"  {j.id}  {j.status()}")
+        print(f"  {j.id}  {_shown_status(j, positions)}")
     return 0
 
 
@@ -85,6 +87,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
         env=_env_pairs(a.env or []),
         python=a.python,
         max_restarts=a.max_restarts,
+        priority=a.priority,
+        cpus=a.cpus,
     )
     print(job.id)
     if a.follow:
@@ -95,16 +99,31 @@ def cmd_submit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_positions() -> dict[str, int]:
+    from workbench.backends import get_backend
+    from workbench.workspace import Workspace
+
+    return get_backend("local").queue_positions(Workspace.current())
+
+
+def _shown_status(job: Any, positions: dict[str, int]) -> str:
+    """A job's status, with its place in the local queue while it waits ("queued #2")."""
+    state = str(job.status())
+    return f"{state} #{positions[job.id]}" if state == "queued" and job.id in positions else state
+
+
 def cmd_jobs(a: argparse.Namespace) -> int:
     from workbench import api
 
     rows = api.jobs(limit=a.limit)
+    positions = _queue_positions()
     print(f"{'ID':<44} {'STATUS':<10} {'FRAMEWORK':<10} {'REPLICAS':<8} {'CREATED':<19}  MESSAGE")
     for j in rows:
         r = j.record
         spec = r.spec
         n = spec["workers"] + spec.get("ps", 0)
-        print(f"{j.id:<44} {j.status():<10} {spec['framework']:<10} {n:<8} {_age(r.created):<19}  {r.message or ''}")
+        state = _shown_status(j, positions)
+        print(f"{j.id:<44} {state:<10} {spec['framework']:<10} {n:<8} {_age(r.created):<19}  {r.message or ''}")
     return 0
 
 
@@ -251,6 +270,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--python", help="interpreter, venv or named environment")
     s.add_argument("--max-restarts", type=int, default=0)
+    s.add_argument("--priority", type=int, default=0, help="local queue: higher starts first (default 0)")
+    s.add_argument("--cpus", type=int, help="local queue: CPU slots the job holds (default: one per replica)")
     s.add_argument("-f", "--follow", action="store_true", help="stream logs until the job ends")
     s.set_defaults(fn=cmd_submit)
 

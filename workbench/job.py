@@ -42,6 +42,11 @@ class Job:
         """One of "queued", "running", "succeeded", "failed", "cancelled"."""
         return self._backend().status(self.workspace, self.id)
 
+    def queue_position(self) -> int | None:
+        """Where the job waits in the local queue (1: it starts next); None once it was let in, or where the
+        cluster's scheduler decides (Kubernetes)."""
+        return self._backend().queue_positions(self.workspace).get(self.id)
+
     @property
     def message(self) -> str | None:
         """Why the job is in its state (e.g. which replica failed)."""

@@ -97,6 +97,15 @@ ENVIRONMENTS = Setting(
     "named job environments, 'name=/path/to/python,...' (e.g. mxnet=.venv-mxnet/bin/python)",
 )
 
+# The local job queue (workbench.backends.local.queue; docs/jobs.md).
+CPU_SLOTS = Setting(
+    "WORKBENCH_CPU_SLOTS", "", "CPU slots local jobs share (a job takes cpus=, else one per replica); empty: the CPUs"
+)
+MAX_JOBS = Setting("WORKBENCH_MAX_JOBS", "0", "most local jobs running at once; 0: no limit beyond the CPU slots")
+# TensorFlow's C++ log level for jobs, `workbench up` (JupyterLab kernels, model server) and `workbench serve`:
+# the user's own TF_CPP_MIN_LOG_LEVEL wins; 2 hides INFO and WARNING lines (cpu_feature_guard and friends).
+TF_CPP_MIN_LOG_LEVEL = Setting("TF_CPP_MIN_LOG_LEVEL", "2", "TensorFlow's C++ log level in jobs and services")
+
 # Kubernetes backend (workbench.backends.kubernetes); the Helm chart sets these in the Jupyter pod.
 K8S_NAMESPACE = Setting("WORKBENCH_K8S_NAMESPACE", "", "training Jobs' namespace; empty: this pod's, else kubeconfig's")
 K8S_IMAGE_TENSORFLOW = Setting(
@@ -114,6 +123,9 @@ K8S_PORT = Setting("WORKBENCH_K8S_PORT", "2222", "port of each replica in TF_CON
 K8S_TTL_S = Setting("WORKBENCH_K8S_TTL", "604800", "seconds finished Jobs and their pods (logs) are kept")
 K8S_S3_ENDPOINT = Setting("WORKBENCH_K8S_S3_ENDPOINT", "", "S3/MinIO URL for pods (S3_ENDPOINT, AWS_ENDPOINT_URL)")
 K8S_S3_SECRET = Setting("WORKBENCH_K8S_S3_SECRET", "", "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY for pods")
+K8S_QUEUE_NAME = Setting(
+    "WORKBENCH_K8S_QUEUE_NAME", "", "Kueue LocalQueue for training Jobs (label kueue.x-k8s.io/queue-name); empty: none"
+)
 K8S_S3_REGION = Setting("WORKBENCH_K8S_S3_REGION", "us-east-1", "AWS_REGION for training pods with an S3 endpoint")
 KUBECONFIG = Setting("KUBECONFIG", "~/.kube/config", "kubeconfig file(s) used outside a cluster (kubectl's variable)")
 

@@ -32,6 +32,9 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     python: str | None = None
     max_restarts: int = 0
+    # The local queue (docs/jobs.md): higher priority starts first; cpus: CPU slots held (default: one per replica).
+    priority: int = 0
+    cpus: int | None = None
 
     def roles(self) -> dict[str, int]:
         """Replica count per role, in launch order (see README: distributed conventions)."""
@@ -58,6 +61,7 @@ class JobSpec:
             raise SpecError(f"parameter servers (ps={self.ps}) exist for tensorflow and mxnet, not {self.framework}")
         if self.framework == "mxnet" and self.workers > 1 and self.ps == 0:
             raise SpecError("distributed MXNet (kvstore dist_sync) needs at least one parameter server: pass ps=1")
+        self._validate_queue_options()
         if isinstance(self.args, (str, bytes)):
             raise SpecError("args must be a list of strings, e.g. ['--epochs', '10'], not one string")
         script = Path(self.script).expanduser()
@@ -80,7 +84,15 @@ class JobSpec:
             env=dict(self.env),
             python=resolve_python(self.python, self.framework),
             max_restarts=self.max_restarts,
+            priority=self.priority,
+            cpus=self.cpus,
         )
+
+    def _validate_queue_options(self) -> None:
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise SpecError(f"priority must be an integer (higher starts first), got {self.priority!r}")
+        if self.cpus is not None and (not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1):
+            raise SpecError(f"cpus must be a whole number of CPU slots, at least 1, got {self.cpus!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

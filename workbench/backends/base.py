@@ -38,6 +38,10 @@ class Backend(abc.ABC):
         for record in records:
             self.status(workspace, record.id)
 
+    def queue_positions(self, workspace: Workspace) -> dict[str, int]:
+        """Position (1: next) of each job waiting in this backend's own queue; none where a cluster schedules."""
+        return {}
+
     @abc.abstractmethod
     def log_sources(self, workspace: Workspace, job_id: str) -> dict[str, Iterator[str]]:
         """One line iterator per replica (``"worker-0"`` -> lines), reading what is there now."""

@@ -35,6 +35,7 @@ FAILURES_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"  # set when 
 COMMON_LABELS = {"app.kubernetes.io/managed-by": "workbench", "app.kubernetes.io/component": "training"}
 ENTRYPOINT = ["python", "-m", "workbench.backends.kubernetes.entrypoint"]
 GPU_RESOURCE = "nvidia.com/gpu"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue admits (unsuspends) the Job when its LocalQueue has room
 _BASE_MAX = 45  # leaves room for "-<role>-<index>" within a 63-character DNS label
 
 
@@ -56,6 +57,7 @@ class PodConfig:
     s3_secret: str = ""
     s3_region: str = "us-east-1"
     grace_s: int = 5
+    queue_name: str = ""  # a Kueue LocalQueue; empty: the cluster scheduler alone decides when pods start
 
     @classmethod
     def from_settings(cls, namespace: str, workspace: Workspace) -> PodConfig:
@@ -80,6 +82,7 @@ class PodConfig:
             s3_secret=settings.K8S_S3_SECRET.get(),
             s3_region=settings.K8S_S3_REGION.get(),
             grace_s=round(float(settings.KILL_GRACE_S.get())),
+            queue_name=settings.K8S_QUEUE_NAME.get(),
         )
 
 
@@ -155,10 +158,13 @@ def service(run_id: str, config: PodConfig) -> Manifest:
 def job(run_id: str, spec: JobSpec, role: str, config: PodConfig) -> Manifest:
     """The Indexed Job running every replica of ``role``: completions = parallelism = replicas."""
     replicas = spec.roles()[role]
+    metadata = _metadata(run_id, job_name(run_id, role), config, role)
+    if config.queue_name:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = config.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(run_id, job_name(run_id, role), config, role),
+        "metadata": metadata,
         "spec": {
             "completionMode": "Indexed",
             "completions": replicas,

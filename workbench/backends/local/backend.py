@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from workbench import settings
 from workbench.backends.base import Backend
-from workbench.backends.local import processes
+from workbench.backends.local import processes, queue
 from workbench.conventions import replicas
 from workbench.spec import JobSpec
 from workbench.store import FINAL_STATES, JobRecord, JobStore
@@ -28,39 +28,54 @@ def _pid_in_run_json(workspace: Workspace, job_id: str) -> int | None:
         return None
 
 
+def spawn(workspace: Workspace, job_id: str, env: dict[str, str]) -> None:
+    """Start the job's supervisor, detached, with ``env`` (its submitter's environment)."""
+    paths = workspace.run(job_id)
+    with open_private(paths.supervisor_log) as log:
+        # "sh -c '... &'" exits at once, so the supervisor is re-parented and never
+        # becomes a zombie of the (long-lived) notebook kernel or job that started it.
+        subprocess.run(
+            ["sh", "-c", 'exec "$@" </dev/null &', "sh", sys.executable, "-m", SUPERVISOR, str(workspace.root), job_id],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            check=True,
+        )
+
+
+def admit(workspace: Workspace) -> list[str]:
+    """Start the queued jobs that fit now (see :mod:`workbench.backends.local.queue`); return their ids."""
+    return queue.admit(workspace, lambda job_id, env: spawn(workspace, job_id, env))
+
+
 class LocalBackend(Backend):
     name = "local"
 
     def submit(self, workspace: Workspace, job_id: str, spec: JobSpec) -> None:
-        paths = workspace.run(job_id)
-        paths.logs.mkdir(parents=True, exist_ok=True)
-        with open_private(paths.supervisor_log) as log:
-            # "sh -c '... &'" exits at once, so the supervisor is re-parented and never
-            # becomes a zombie of the (long-lived) notebook kernel that submitted it.
-            subprocess.run(
-                [
-                    "sh",
-                    "-c",
-                    'exec "$@" </dev/null &',
-                    "sh",
-                    sys.executable,
-                    "-m",
-                    SUPERVISOR,
-                    str(workspace.root),
-                    job_id,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                check=True,
-            )
+        """Queue the job; its launcher starts once what it asks for is free (see :mod:`.queue`)."""
+        workspace.run(job_id).logs.mkdir(parents=True, exist_ok=True)
+        queue.save_env(workspace, job_id, dict(os.environ))  # its launcher gets them, whoever lets it in
+        admit(workspace)
 
     def status(self, workspace: Workspace, job_id: str) -> str:
         store = JobStore(workspace)
         record = store.get(job_id)
         if record.state not in FINAL_STATES:
             self._settle(workspace, store, record)
+            state = store.get(job_id).state
+            if record.state == "queued" or state in FINAL_STATES:
+                admit(workspace)  # a queue whose launchers all died moves on when someone looks
         return store.get(job_id).state
+
+    def reconcile(self, workspace: Workspace, records: list[JobRecord]) -> None:
+        store = JobStore(workspace)
+        for record in records:
+            self._settle(workspace, store, record)
+        admit(workspace)
+
+    def queue_positions(self, workspace: Workspace) -> dict[str, int]:
+        return queue.positions(workspace)
 
     def _settle(self, workspace: Workspace, store: JobStore, record: JobRecord) -> None:
         """Fail an active job whose supervisor is gone (stopping what is left of its replicas)."""
@@ -76,7 +91,11 @@ class LocalBackend(Backend):
                     f"the job's launcher process died unexpectedly (pid {pid}: killed or crashed); "
                     "its replicas were stopped",
                 )
-        elif not pid and time.time() - record.created > START_TIMEOUT_S:
+        elif (
+            not pid
+            and (held := queue.allocation(workspace, job_id))
+            and time.time() - held["admitted"] > START_TIMEOUT_S
+        ):
             store.transition(
                 job_id, "failed", f"the launcher did not start (see {workspace.run(job_id).supervisor_log})"
             )
@@ -87,6 +106,11 @@ class LocalBackend(Backend):
         record = store.get(job_id)
         if record.state in FINAL_STATES:
             return record.state
+        with queue.lock(workspace):  # no admitter lets it in meanwhile
+            if queue.allocation(workspace, job_id) is None:
+                store.transition(job_id, "cancelled", "cancelled while queued; it never started")
+                queue.env_file(workspace, job_id).unlink(missing_ok=True)
+                return store.get(job_id).state
         grace = float(settings.KILL_GRACE_S.get())
         if processes.alive(record.supervisor_pid, job_id):
             try:
@@ -101,6 +125,7 @@ class LocalBackend(Backend):
             return store.get(job_id).state
         self._stop_replicas(workspace, job_id)
         store.transition(job_id, "cancelled", "cancelled by request")
+        admit(workspace)  # its launcher, gone, could not
         return store.get(job_id).state
 
     def _stop_replicas(self, workspace: Workspace, job_id: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from workbench import conventions, gpus, settings
-from workbench.backends.local import processes
+from workbench.backends.local import processes, queue
 from workbench.errors import WorkbenchError, WorkspaceError
 from workbench.spec import JobSpec
 from workbench.store import JobStore, record_in_run_json
@@ -106,9 +106,20 @@ class Supervisor:
         while time.monotonic() < deadline:
             self._retry_at = 0.0
             if self._db("record the outcome", lambda: self.store.transition(self.run_id, outcome, message)) is not None:
+                self._admit_next()
                 return
             time.sleep(self._backoff)
         self.log("the job database could not be written; run.json holds the outcome, taken over on its next read")
+
+    def _admit_next(self) -> None:
+        """Start the queued jobs that fit now that this one's resources are free."""
+        from workbench.backends.local.backend import admit
+
+        try:
+            for job_id in admit(self.workspace):
+                self.log(f"started queued job {job_id}")
+        except (WorkbenchError, OSError) as e:  # the next listing or status admits them
+            self.log(f"could not start queued jobs: {e}")
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.cancelled = True
@@ -132,13 +143,16 @@ class Supervisor:
         addresses = {r: f"127.0.0.1:{p}" for r, p in zip(replicas, ports, strict=True)}
         cluster = {role: [addresses[r] for r in replicas if r.role == role] for role in roles}
         compute = [r for r in replicas if r.role in ("worker", "chief")]
-        devices = dict(zip(compute, gpus.assign(self.spec.gpus, len(compute)), strict=True))
+        held = queue.allocation(self.workspace, self.run_id)  # the GPUs the queue gave this job
+        assigned = held["devices"] if held else gpus.assign(self.spec.gpus, len(compute))
+        devices = dict(zip(compute, assigned, strict=True))
         script = self.paths.code / Path(self.spec.script).name
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         running = []
         for r in replicas:
             env = {
                 **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": settings.TF_CPP_MIN_LOG_LEVEL.get(),  # quiet unless the user said otherwise
                 **self.spec.env,
                 **conventions.replica_env(self.spec.framework, cluster, r, loopback=True),
                 settings.RUN_ID_VAR: self.run_id,
