@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from workbench.api import (
+    delete,
     job,
     jobs,
     label,
@@ -20,6 +21,7 @@ from workbench.api import (
     tensorboard,
 )
 from workbench.errors import (
+    AmbiguousJob,
     CheckpointError,
     JobNotFound,
     ModelNotFound,
@@ -37,6 +39,7 @@ from workbench.job import Job
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousJob",
     "CheckpointError",
     "Job",
     "JobNotFound",
@@ -49,6 +52,7 @@ __all__ = [
     "SpecError",
     "WorkbenchError",
     "WorkspaceError",
+    "delete",
     "job",
     "jobs",
     "submit",

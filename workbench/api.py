@@ -59,8 +59,18 @@ def submit(
 
 
 def job(job_id: str) -> Job:
-    """The job with this id (or unique id prefix), from any process."""
+    """The job with this id, else the newest job with this name, else the one whose id starts with it; from any
+    process. An ambiguous prefix raises :class:`~workbench.errors.AmbiguousJob` listing the candidates."""
     return Job(job_id)
+
+
+def delete(job: Job | str) -> str:
+    """Remove a finished job (a :class:`Job`, id, unique id prefix or name): its run folder and its record.
+    Refuses a job that has not ended: cancel it first. Returns its id."""
+    from workbench.housekeeping import delete as _delete
+
+    workspace = job.workspace if isinstance(job, Job) else Workspace.current()
+    return _delete(workspace, job.id if isinstance(job, Job) else job)
 
 
 def jobs(limit: int | None = None) -> list[Job]:

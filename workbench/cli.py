@@ -187,6 +187,10 @@ def cmd_promote(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from workbench import api
 
+    if a.name == "delete":
+        return cmd_models_delete(a)
+    if a.more:
+        raise WorkbenchError(f"unexpected arguments {' '.join(a.more)}; `workbench models delete NAME VERSION`?")
     if a.rollback is not None or a.label or a.split is not None:
         if not a.name:
             raise WorkbenchError("name the model to change: workbench models NAME --rollback/--label/--split")
@@ -220,7 +224,85 @@ def cmd_gc(a: argparse.Namespace) -> int:
     for path in removed:
         print(f"removed {path}")
     print(f"models: {len(removed)} leftovers of unfinished promotes removed")
+    _gc_jobs(ws, a)
     return 0
+
+
+def _gc_jobs(ws: Any, a: argparse.Namespace) -> None:
+    """``--keep`` / ``--older-than``: finished jobs, besides the registry's leftovers."""
+    from workbench.housekeeping import gc, parse_duration
+
+    if a.keep is None and a.older_than is None:
+        return
+    older = parse_duration(a.older_than) if a.older_than is not None else None
+    deleted = gc(ws, keep=a.keep, older_than=older)
+    for job_id in deleted:
+        print(f"deleted job {job_id}")
+    print(f"jobs: {len(deleted)} finished jobs deleted")
+
+
+def cmd_delete(a: argparse.Namespace) -> int:
+    from workbench import api
+
+    for job in a.jobs:
+        print(f"deleted {api.delete(job)}")
+    return 0
+
+
+def cmd_models_delete(a: argparse.Namespace) -> int:
+    from workbench.registry import delete_version
+
+    if len(a.more) != 2:
+        raise WorkbenchError("usage: workbench models delete NAME VERSION")
+    name, version = a.more
+    delete_version(name, version)
+    print(f"{name}: version {version} deleted")
+    return 0
+
+
+def _read_input(path: str) -> dict[str, Any]:
+    """``--input`` of ``workbench predict``: a .npy array (rows), or JSON: a list (rows), or an object with
+    ``instances`` or ``inputs``."""
+    import json
+
+    import numpy as np
+
+    try:
+        if path.endswith(".npy"):
+            return {"instances": np.load(path, allow_pickle=False)}
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkbenchError(f"cannot read --input {path}: {e}") from e
+    if isinstance(data, list):
+        return {"instances": data}
+    if isinstance(data, dict) and ("instances" in data) != ("inputs" in data):
+        return {k: data[k] for k in ("instances", "inputs") if k in data}
+    raise WorkbenchError(f"{path}: give a list of rows, or an object with 'instances' (rows) or 'inputs' (columns)")
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from workbench.serving.client import predict
+
+    body = _read_input(a.input)
+    answer = predict(a.model, body.get("instances"), inputs=body.get("inputs"), version=a.version, label=a.label)
+    version = getattr(answer, "version", None)
+    print(json.dumps({"predictions" if "instances" in body else "outputs": _plain(answer, np), "version": version}))
+    return 0
+
+
+def _plain(value: Any, np: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v, np) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, np) for v in value]
+    return value
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -315,10 +397,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--split", metavar="REF=W,...", help="split unversioned traffic, e.g. stable=90,canary=10; '' ends it"
     )
+    s.add_argument("more", nargs="*", help=argparse.SUPPRESS)  # `workbench models delete NAME VERSION`
+    s.epilog = "workbench models delete NAME VERSION: remove a version no label, split or rollback pin uses"
     s.set_defaults(fn=cmd_models)
 
-    s = sub.add_parser("gc", help="remove what crashed promotes left (staging folders, unlisted versions, workers)")
+    s = sub.add_parser(
+        "gc",
+        help="remove what crashed promotes left (staging folders, unlisted versions, workers); with --keep or "
+        "--older-than, also finished jobs",
+    )
+    s.add_argument("--keep", type=int, metavar="N", help="keep the N newest finished jobs, delete older ones")
+    s.add_argument("--older-than", metavar="D", help="delete finished jobs that ended over D ago (90s, 30m, 12h, 7d)")
     s.set_defaults(fn=cmd_gc)
+
+    s = sub.add_parser("delete", help="remove finished jobs: run folder and record (cancel a running one first)")
+    s.add_argument("jobs", nargs="+", metavar="JOB", help="id, unique id prefix or name")
+    s.set_defaults(fn=cmd_delete)
+
+    s = sub.add_parser("predict", help="predict through the model server; prints the answer as JSON")
+    s.add_argument("model")
+    s.add_argument("--input", required=True, help="file.json (rows, or {instances}/{inputs}) or file.npy (rows)")
+    pick = s.add_mutually_exclusive_group()
+    pick.add_argument("--version", type=int)
+    pick.add_argument("--label")
+    s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser(
         "serve", help="run the model server (TF Serving and KServe V2, REST and gRPC) over the workspace's models/"

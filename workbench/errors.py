@@ -22,6 +22,13 @@ class JobNotFound(WorkbenchError, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class AmbiguousJob(WorkbenchError, KeyError):
+    """An id prefix matches several jobs; the message lists them."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "ambiguous job id"
+
+
 class ResourceError(WorkbenchError):
     """A job asks for more than the machine has (e.g. GPUs)."""
 

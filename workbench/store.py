@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workbench.errors import JobNotFound, WorkspaceError
+from workbench.errors import AmbiguousJob, JobNotFound, WorkspaceError
 from workbench.workspace import Workspace, private_dir, read_json, write_json_atomic
 
 log = logging.getLogger("workbench")
@@ -220,19 +220,32 @@ class JobStore:
         )
 
     def get(self, job_id: str) -> JobRecord:
-        def find(c: sqlite3.Connection) -> sqlite3.Row | None:
+        """The job ``job_id`` names: its id, else the newest job of that name, else the one job whose id starts
+        with it. Raises :class:`JobNotFound`, or :class:`AmbiguousJob` listing the candidates."""
+
+        def find(c: sqlite3.Connection) -> list[sqlite3.Row]:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                # Accept a unique prefix, as git does for commits.
-                rows = c.execute("SELECT * FROM jobs WHERE id LIKE ?", (job_id + "%",)).fetchall()
-                if len(rows) == 1:
-                    row = rows[0]
-            return row  # type: ignore[no-any-return]
+                row = c.execute("SELECT * FROM jobs WHERE name = ? ORDER BY created DESC LIMIT 1", (job_id,)).fetchone()
+            if row is not None:
+                return [row]
+            # A unique prefix, as git takes for commits.
+            prefix = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            return c.execute(
+                "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY created DESC LIMIT 21", (prefix,)
+            ).fetchall()
 
-        row = self._run(find)
-        if row is None:
-            raise JobNotFound(f"no job {job_id!r} in workspace {self.workspace.root}")
-        return self._settled(JobRecord.from_row(row))
+        rows = self._run(find)
+        if not rows:
+            raise JobNotFound(f"no job {job_id!r} (an id, a unique id prefix or a job name) in {self.workspace.root}")
+        if len(rows) > 1:
+            shown = ", ".join(r["id"] for r in rows[:20]) + (", ..." if len(rows) > 20 else "")
+            raise AmbiguousJob(f"{job_id!r} starts several job ids: {shown}; give more of the id, or a job name")
+        return self._settled(JobRecord.from_row(rows[0]))
+
+    def delete(self, job_id: str) -> None:
+        """Forget the job (its run folder is the caller's to remove)."""
+        self._run(lambda c: c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
 
     def list(self, limit: int | None = None) -> list[JobRecord]:
         sql = "SELECT * FROM jobs ORDER BY created DESC"

@@ -79,3 +79,34 @@ def test_workbench_up_starts_the_server_and_predict_finds_it(publish, serving_ws
         os.killpg(up.pid, signal.SIGTERM)
         up.communicate(timeout=60)
     assert not (serving_ws / "state" / "services.json").exists()
+
+
+def test_predict_command_reads_json_or_npy_and_picks_version_or_label(publish, server, digits, tmp_path):
+    import numpy as np
+
+    publish("clipredict")
+    publish("clipredict", live=False, label="canary")
+    server.wait_version("clipredict", 2)
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(digits[:2]))
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"instances": digits[:2]}))
+    array = tmp_path / "rows.npy"
+    np.save(array, np.asarray(digits[:2], dtype=np.float32))
+    expected = np.asarray(wb.predict("clipredict", instances=digits[:2], version=1))
+    for args, version in (
+        (("--input", str(rows)), 1),
+        (("--input", str(wrapped), "--version", "2"), 2),
+        (("--input", str(array), "--label", "canary"), 2),
+    ):
+        r = cli("predict", "clipredict", *args)
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        assert answer["version"] == version
+        assert np.allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    r = cli("predict", "clipredict", "--input", str(bad))
+    assert r.returncode == 2 and "'instances' (rows) or 'inputs' (columns)" in r.stderr
+    r = cli("predict", "clipredict", "--input", str(rows), "--label", "nope")
+    assert r.returncode == 2 and "nope" in r.stderr

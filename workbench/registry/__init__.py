@@ -54,3 +54,8 @@ def split(model: str, weights: dict[str, float] | None, workspace: Workspace | N
 
 
 __all__ = ["ModelStore", "ModelVersion", "label", "models", "promote", "rollback", "split"]
+
+
+def delete_version(model: str, version: int | str, workspace: Workspace | None = None) -> None:
+    """Remove a version no label, traffic split or rollback pin points at (see :meth:`ModelStore.delete_version`)."""
+    ModelStore(workspace or Workspace.current(), model).delete_version(version)

@@ -293,6 +293,27 @@ class ModelStore:
                 {"time": time.time(), "event": "label", "label": label, "version": data["labels"].get(label)}
             )
 
+    def delete_version(self, version: int | str) -> None:
+        """Remove ``version``: first from ``model.json`` (from then on it is no version: the server drops it),
+        then its folder (what an interruption leaves is a folder :meth:`gc` removes). Refuses a version that a
+        label, the traffic split or a rollback's pin still points at, naming them."""
+        with self.locked() as data:
+            v = resolve_ref(data, int(version) if str(version).isdigit() else version)
+            users = [f"label {k!r}" for k, x in sorted(data["labels"].items()) if int(x) == v]
+            for ref in data["traffic"] or {}:
+                if resolve_ref(data, ref) == v:
+                    users.append(f"the traffic split ({ref!r})")
+            if data.get("live") is not None and int(data["live"]) == v:
+                users.append("the live pin (a rollback made it live)")
+            if users:
+                raise RegistryError(
+                    f"model {self.name!r} version {v} is still used by {', '.join(users)}; point them at another "
+                    "version first (`workbench models NAME --label L=V`, `--split`, `--rollback V`)"
+                )
+            del data["versions"][str(v)]
+            data["history"].append({"time": time.time(), "event": "delete", "version": v})
+        shutil.rmtree(self.dir / str(v), ignore_errors=True)
+
     def set_traffic(self, weights: dict[str, float] | None) -> None:
         """Split unversioned requests by weight among labels or versions; ``None`` ends the split."""
         with self.locked() as data:
