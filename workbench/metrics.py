@@ -81,4 +81,18 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 def loss_series(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
     """The series that look like losses (tag contains "loss"), epoch-level ones first."""
     losses = {k: v for k, v in series.items() if "loss" in k.rsplit("/", 1)[-1].lower()}
-    return dict(sorted(losses.items(), key=lambda kv: ("epoch" not in kv[0], kv[0])))
+    return dict(sorted(losses.items(), key=lambda kv: (not is_epoch_level(kv[0]), kv[0])))
+
+
+def is_epoch_level(tag: str) -> bool:
+    """Whether a series counts epochs on its x axis: Keras' ``epoch_*`` tags (``batch_*`` and the rest count
+    steps)."""
+    return tag.rsplit("/", 1)[-1].lower().startswith("epoch")
+
+
+def by_level(
+    series: dict[str, list[tuple[int, float]]],
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """``series`` split into epoch-level and step-level ones (their x axes differ: never one axis for both)."""
+    epochs = {k: v for k, v in series.items() if is_epoch_level(k)}
+    return epochs, {k: v for k, v in series.items() if k not in epochs}
