@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workbench.backends.local.processes import alive, free_ports, wait_for
@@ -64,7 +65,17 @@ def test_up_status_down(workspace, tmp_path):
         assert f"http://127.0.0.1:{jupyter['port']}/lab?token=sekret" in out
         assert http_status(f"http://127.0.0.1:{jupyter['port']}/api/status?token=sekret") == 200
         assert http_status(f"http://127.0.0.1:{jupyter['port']}/api/status") == 403  # token required
-        assert http_status(f"http://127.0.0.1:{info['tensorboard']['port']}/data/runs") == 200
+        assert http_status(f"http://127.0.0.1:{info['tensorboard']['port']}/tensorboard/data/runs") == 200
+        # one port: TensorBoard inside JupyterLab, behind its token
+        inside = f"http://127.0.0.1:{jupyter['port']}/tensorboard/data/runs"
+        assert http_status(f"{inside}?token=sekret") == 200
+        try:
+            with urllib.request.urlopen(inside, timeout=5) as r:
+                landed = r.url  # redirected to the login page
+        except urllib.error.HTTPError as e:
+            landed = str(e.code)
+        assert "login" in landed or landed == "403", landed
+        assert psutil.Process(jupyter["pid"]).environ()["TF_CPP_MIN_LOG_LEVEL"] == "2"  # kernels inherit it
 
         status = subprocess.run([sys.executable, "-m", "workbench", "status"], capture_output=True, text=True)
         assert status.returncode == 0

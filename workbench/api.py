@@ -85,24 +85,43 @@ def jobs(limit: int | None = None) -> list[Job]:
 def tensorboard(job: Job | str | None = None) -> Any:
     """The URL of the workspace's TensorBoard (started by ``workbench up``), focused on ``job`` if given.
 
-    In a notebook it displays a link and returns the URL.
+    Inside JupyterLab's own address (``<jupyter>/tensorboard/``, one port for both; the browser's JupyterLab login
+    lets it in) when JupyterLab runs, else TensorBoard's own port. In a notebook it also displays a link.
     """
     from workbench.services import read_services
 
-    info = read_services(Workspace.current()).get("tensorboard")
-    if not info:
-        raise ServiceError("TensorBoard is not running for this workspace; start it with `workbench up`")
-    url = info["url"]
-    if job is not None:
-        run_id = job.id if isinstance(job, Job) else job
-        url += f"#timeseries&regexInput={run_id}"
+    url = tensorboard_url(read_services(Workspace.current()), job)
     from workbench.watch import in_notebook
 
     if in_notebook():
         from IPython.display import HTML, display
 
-        display(HTML(f'<a href="{url}" target="_blank">Open TensorBoard: {url}</a>'))
+        display(HTML(tensorboard_link(url)))
     return url
+
+
+def tensorboard_url(services: dict[str, Any], job: Job | str | None = None) -> str:
+    """TensorBoard's URL among ``services`` (what ``workbench up`` records), with ``job``'s runs filtered in."""
+    from urllib.parse import quote, urlsplit
+
+    if "jupyter" in services and "tensorboard" in services:
+        base = urlsplit(services["jupyter"]["url"])
+        url = f"{base.scheme}://{base.netloc}/tensorboard/"
+    elif "tensorboard" in services:
+        url = services["tensorboard"]["url"]
+    else:
+        raise ServiceError("TensorBoard is not running for this workspace; start it with `workbench up`")
+    if job is not None:
+        run_id = job.id if isinstance(job, Job) else Job(job).id
+        url += f"?runFilter={quote(run_id, safe='')}#timeseries"  # TensorBoard 2.21's run filter (a regex)
+    return url
+
+
+def tensorboard_link(url: str) -> str:
+    """An HTML link to ``url``, escaped (a URL's ``&reg...`` must not turn into ``®``)."""
+    from html import escape
+
+    return f'<a href="{escape(url)}" target="_blank">Open TensorBoard: {escape(url)}</a>'
 
 
 # ---------------------------------------------------------------- serving (workbench.registry, workbench.serving)

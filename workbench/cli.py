@@ -306,6 +306,11 @@ def _plain(value: Any, np: Any) -> Any:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+
+    from workbench import settings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", settings.TF_CPP_MIN_LOG_LEVEL.get())  # before TensorFlow loads
     from workbench.serving.server import serve
 
     return serve(

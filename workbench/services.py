@@ -78,12 +78,23 @@ def _tensorboard(ws: Workspace, o: Options, port: int) -> list[str]:
         f"--logdir={ws.runs}",
         f"--host={o.host}",
         f"--port={port}",
+        f"--path_prefix=/{TB_PREFIX}",  # as proxied by JupyterLab at /tensorboard/ (workbench.jupyter_config)
         "--reload_interval=2",
         "--reload_multifile=true",
     ]
 
 
+TB_PREFIX = "tensorboard"
+
 SERVICES: dict[str, ServiceDef] = {
+    # TensorBoard first: JupyterLab proxies it at /tensorboard/ and learns its port at start.
+    "tensorboard": ServiceDef(
+        "tensorboard",
+        6006,
+        _tensorboard,
+        lambda o: f"/{TB_PREFIX}/data/runs",
+        lambda o, p: f"http://{o.host}:{p}/{TB_PREFIX}/",
+    ),
     "jupyter": ServiceDef(
         "jupyter",
         8888,
@@ -91,9 +102,6 @@ SERVICES: dict[str, ServiceDef] = {
         lambda o: f"/api/status?token={o.token}",
         lambda o, p: f"http://{o.host}:{p}/lab?token={o.token}",
         lambda o: {"JUPYTER_TOKEN": o.token},  # IdentityProvider.token's environment variable
-    ),
-    "tensorboard": ServiceDef(
-        "tensorboard", 6006, _tensorboard, lambda o: "/data/runs", lambda o, p: f"http://{o.host}:{p}/"
     ),
     # The model server (workbench.serving): TF Serving's REST port; predict() finds it through services.json.
     "server": ServiceDef(
@@ -206,7 +214,12 @@ class Services:
         ws, o = self.workspace, self.options
         logs = ws.state / "logs"
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        env = {**os.environ, "WORKBENCH_WORKSPACE": str(ws.root)}
+        env = {
+            **os.environ,
+            "WORKBENCH_WORKSPACE": str(ws.root),
+            # quiet TensorFlow C++ logs in notebook kernels and the model server, unless the user set a level
+            "TF_CPP_MIN_LOG_LEVEL": settings.TF_CPP_MIN_LOG_LEVEL.get(),
+        }
         names = [n for n in SERVICES if not o.enabled or n in o.enabled]
         for name in names:
             self._check_stop()
@@ -219,7 +232,7 @@ class Services:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**env, **svc.env(o)},
+                    env={**env, **svc.env(o), **(self._jupyter_env(env) if name == "jupyter" else {})},
                     start_new_session=True,
                     # a service dies with this process even on kill -9 (then the lock is free for the next `up`)
                     preexec_fn=processes.dying_with_parent() if _main_thread() else None,
@@ -232,6 +245,18 @@ class Services:
                 "log": str(logs / f"{name}.log"),
             }
             self._record()
+
+    def _jupyter_env(self, env: dict[str, str]) -> dict[str, str]:
+        """JupyterLab's settings for TensorBoard at /tensorboard/ (workbench.jupyter_config), the user's own
+        Jupyter config still read (``JUPYTER_CONFIG_PATH`` adds a folder)."""
+        from workbench.jupyter_config import config_dir
+
+        extra = {
+            "JUPYTER_CONFIG_PATH": os.pathsep.join(p for p in (str(config_dir()), env.get("JUPYTER_CONFIG_PATH")) if p)
+        }
+        if "tensorboard" in self.info:
+            extra["WORKBENCH_TENSORBOARD_PORT"] = str(self.info["tensorboard"]["port"])
+        return extra
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

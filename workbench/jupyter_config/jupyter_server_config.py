@@ -1,0 +1,11 @@
+"""Loaded by the JupyterLab of ``workbench up`` (see :mod:`workbench.jupyter_config`)."""
+
+import os
+
+from workbench.jupyter_config import PREFIX, tensorboard_proxy
+
+c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
+
+_port = os.environ.get("WORKBENCH_TENSORBOARD_PORT", "")
+if _port:  # `workbench up --without tensorboard` runs none: no proxy entry then
+    c.ServerProxy.servers = {PREFIX: tensorboard_proxy(int(_port))}
