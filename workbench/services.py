@@ -255,7 +255,7 @@ class Services:
             "JUPYTER_CONFIG_PATH": os.pathsep.join(p for p in (str(config_dir()), env.get("JUPYTER_CONFIG_PATH")) if p)
         }
         if "tensorboard" in self.info:
-            extra["WORKBENCH_TENSORBOARD_PORT"] = str(self.info["tensorboard"]["port"])
+            extra[settings.TENSORBOARD_PORT_VAR] = str(self.info["tensorboard"]["port"])
         return extra
 
     def _wait_healthy(self, timeout: float) -> None:

@@ -140,6 +140,8 @@ ATTEMPT_VAR = "WORKBENCH_ATTEMPT"
 # Set in Kubernetes pods for workbench.backends.kubernetes.entrypoint, which derives the replica's environment.
 CLUSTER_VAR = "WORKBENCH_CLUSTER"  # JSON: role -> ["host:port", ...] of every replica
 FRAMEWORK_VAR = "WORKBENCH_FRAMEWORK"  # the job's framework (tensorflow, pytorch, mxnet, none)
+# Set by `workbench up` for JupyterLab (and by the chart): the local port of the TensorBoard it proxies at /tensorboard/.
+TENSORBOARD_PORT_VAR = "WORKBENCH_TENSORBOARD_PORT"
 
 
 def workspace_root() -> Path:

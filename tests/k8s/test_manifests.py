@@ -282,6 +282,21 @@ def test_pod_config_reads_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert manifests.PodConfig.from_settings("team", Workspace(tmp_path / "ws")).workspace_mount == "/mnt/ws"
 
 
+def test_a_configured_kueue_queue_labels_each_job_and_nothing_else(monkeypatch, tmp_path: Path) -> None:
+    from workbench.workspace import Workspace
+
+    spec = JobSpec(script="train.py", framework="tensorflow", workers=2, ps=1)
+    plain = manifests.render(RUN, spec, CONFIG)
+    assert not any(manifests.KUEUE_QUEUE_LABEL in o["metadata"]["labels"] for o in plain)
+    monkeypatch.setenv("WORKBENCH_K8S_QUEUE_NAME", "team-a")
+    queued = manifests.PodConfig.from_settings("ml", Workspace(tmp_path / "ws"))
+    service, *jobs = manifests.render(RUN, spec, queued)
+    assert len(jobs) == 3 and all(j["metadata"]["labels"][manifests.KUEUE_QUEUE_LABEL] == "team-a" for j in jobs)
+    assert manifests.KUEUE_QUEUE_LABEL not in service["metadata"]["labels"]
+    for job in jobs:  # pods carry the run's labels only (Kueue reads the Job's)
+        assert manifests.KUEUE_QUEUE_LABEL not in job["spec"]["template"]["metadata"]["labels"]
+
+
 @pytest.mark.parametrize(
     "run_id",
     [

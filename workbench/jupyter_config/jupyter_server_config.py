@@ -3,9 +3,10 @@
 import os
 
 from workbench.jupyter_config import PREFIX, tensorboard_proxy
+from workbench.settings import TENSORBOARD_PORT_VAR
 
 c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 
-_port = os.environ.get("WORKBENCH_TENSORBOARD_PORT", "")
+_port = os.environ.get(TENSORBOARD_PORT_VAR, "")
 if _port:  # `workbench up --without tensorboard` runs none: no proxy entry then
     c.ServerProxy.servers = {PREFIX: tensorboard_proxy(int(_port))}
