@@ -33,4 +33,4 @@ fi
 if [ "${WORKBENCH_WITH_MXNET:-}" = 1 ]; then
   bash scripts/setup-frameworks.sh  # the MXNet environment (.venv-mxnet), on request
 fi
-echo "environment ready: .venv"
+echo "environment ready: .venv (source .venv/bin/activate to put \`workbench\` on PATH)"
