@@ -18,6 +18,7 @@ import pytest
 import workbench as wb
 from workbench.backends.local import queue
 from workbench.backends.local.processes import wait_for
+from workbench.store import JobStore
 
 RECORDER = """
 import json, os, pathlib, sys, time
@@ -158,8 +159,44 @@ def test_the_queue_lives_in_the_store_not_in_a_process(workspace, recorder, monk
     assert listing.returncode == 0, listing.stderr
     line = next(ln for ln in listing.stdout.splitlines() if ln.startswith(waiting.id))
     assert "queued #1" in line
-    psutil.Process(blocker.record.supervisor_pid).kill()  # nothing runs now that could admit `waiting`
+    # Nothing runs now that could let `waiting` in: neither the blocker's launcher nor the one waiting for it.
+    assert wait_for(lambda: json.loads(waiting.paths.run_json.read_text()).get("supervisor_pid"), 30)
+    psutil.Process(json.loads(waiting.paths.run_json.read_text())["supervisor_pid"]).kill()
+    psutil.Process(blocker.record.supervisor_pid).kill()
+    assert waiting.status() == "queued"  # a dead waiting launcher fails nothing
     status = workbench_cli("status")  # a fresh process: settles the dead job, lets the next one in
     assert status.returncode == 0, status.stderr
     assert wb.job(blocker.id).status() == "failed"
     assert waiting.wait(60) == "succeeded"
+
+
+def test_the_head_of_the_queue_moves_on_by_itself_when_every_launcher_died(workspace, recorder, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MAX_JOBS", "1")
+    blocker = recorder("blocker", hold=600)
+    head = recorder("head", hold=0.1)
+    assert head.queue_position() == 1
+    assert wait_for(lambda: blocker.record.supervisor_pid is not None, 30)
+    psutil.Process(blocker.record.supervisor_pid).kill()
+    # Nobody lists or asks: the head's waiting launcher notices within a few seconds.
+    assert wait_for(lambda: (recorder.marks / "head.json").exists(), 30)
+    assert JobStore(blocker.workspace).get(blocker.id).state == "failed"
+
+
+def test_a_job_started_before_the_queue_existed_still_holds_its_gpu(workspace, recorder, monkeypatch, tmp_path):
+    """An upgrade in the middle of a running job: its run.json has no allocation, and it is still not run twice
+    nor double-booked."""
+    monkeypatch.setenv("WORKBENCH_GPUS", "1")
+    gate = tmp_path / "open"
+    old = recorder("old", hold=0, gate=gate, gpus=1)
+    assert wait_for(lambda: old.status() == "running", 30)
+    run = json.loads(old.paths.run_json.read_text())
+    del run["queue"]
+    old.paths.run_json.write_text(json.dumps(run))
+    new = recorder("new", hold=0.1, gpus=1)
+    assert new.status() == "queued" and new.queue_position() == 1
+    assert old.queue_position() is None
+    gate.touch()
+    assert new.wait(60) == "succeeded" and old.wait(10) == "succeeded"
+    spans = intervals(recorder.marks)
+    assert spans["new"]["start"] >= spans["old"]["end"]
+    assert len(json.loads((old.paths.root / "replicas.json").read_text())) == 1

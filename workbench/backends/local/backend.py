@@ -21,11 +21,14 @@ SUPERVISOR = "workbench.backends.local.supervisor"
 START_TIMEOUT_S = 60
 
 
-def _pid_in_run_json(workspace: Workspace, job_id: str) -> int | None:
+def _launcher_pid(workspace: Workspace, record: JobRecord) -> int | None:
+    """The pid of the job's launcher: run.json's (written first, and emptied when a new launcher is started),
+    else the database's."""
     try:
-        return read_json(workspace.run(job_id).run_json).get("supervisor_pid")  # type: ignore[no-any-return]
+        run = read_json(workspace.run(record.id).run_json)
     except (OSError, ValueError):
-        return None
+        return record.supervisor_pid
+    return run["supervisor_pid"] if "supervisor_pid" in run else record.supervisor_pid  # type: ignore[no-any-return]
 
 
 def spawn(workspace: Workspace, job_id: str, env: dict[str, str]) -> None:
@@ -80,7 +83,10 @@ class LocalBackend(Backend):
     def _settle(self, workspace: Workspace, store: JobStore, record: JobRecord) -> None:
         """Fail an active job whose supervisor is gone (stopping what is left of its replicas)."""
         job_id = record.id
-        pid = record.supervisor_pid or _pid_in_run_json(workspace, job_id)
+        held = queue.allocation(workspace, job_id)
+        if record.state == "queued" and held is None:
+            return  # waiting in the queue: its launcher, if any, may come and go (the next admitter starts one)
+        pid = _launcher_pid(workspace, record)
         if pid and not processes.alive(pid, job_id):
             # Re-read: the supervisor may have written its final state as it exited.
             if store.get(job_id).state not in FINAL_STATES:
@@ -91,11 +97,7 @@ class LocalBackend(Backend):
                     f"the job's launcher process died unexpectedly (pid {pid}: killed or crashed); "
                     "its replicas were stopped",
                 )
-        elif (
-            not pid
-            and (held := queue.allocation(workspace, job_id))
-            and time.time() - held["admitted"] > START_TIMEOUT_S
-        ):
+        elif not pid and held and time.time() - held["admitted"] > START_TIMEOUT_S:
             store.transition(
                 job_id, "failed", f"the launcher did not start (see {workspace.run(job_id).supervisor_log})"
             )
@@ -107,10 +109,15 @@ class LocalBackend(Backend):
         if record.state in FINAL_STATES:
             return record.state
         with queue.lock(workspace):  # no admitter lets it in meanwhile
-            if queue.allocation(workspace, job_id) is None:
+            if queue.allocation(workspace, job_id) is None and record.state == "queued":
                 store.transition(job_id, "cancelled", "cancelled while queued; it never started")
                 queue.env_file(workspace, job_id).unlink(missing_ok=True)
-                return store.get(job_id).state
+                done = True
+            else:
+                done = False
+        if done:
+            admit(workspace)  # the next head gets its waiting launcher; this one's sees the state and leaves
+            return store.get(job_id).state
         grace = float(settings.KILL_GRACE_S.get())
         if processes.alive(record.supervisor_pid, job_id):
             try:

@@ -55,7 +55,10 @@ def dying_with_parent() -> Callable[[], None] | None:
     """
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    try:  # by its usual name: find_library runs ldconfig/gcc (half a second), on the way to every job's start
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     parent = os.getpid()
 
     def preexec() -> None:

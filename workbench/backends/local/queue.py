@@ -16,6 +16,11 @@ Resources (see docs/jobs.md):
 
 Order: higher ``priority`` first, then first submitted first. The head of the queue is never overtaken: when it does
 not fit yet, nothing behind it starts (so a large job is not starved by a stream of small ones).
+
+The head of the queue gets its launcher at once, which waits (imports done) until it is let in: the next job then
+starts within a second of the last one ending, even on a busy machine, and that waiting launcher looks at the queue
+every few seconds, so the queue moves on even when every running job's launcher died. Only the head waits so: a
+long queue costs no processes. A launcher that is gone is started again by the next admitter.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from workbench.store import FINAL_STATES, JobRecord, JobStore, record_in_run_jso
 from workbench.workspace import Workspace, open_private, private_dir, read_json
 
 LOCK_TIMEOUT_S = 60
+LAUNCH_GRACE_S = 30  # a launcher started this long ago that has not recorded its pid counts as gone
 
 
 def cpu_slots() -> int:
@@ -90,10 +96,25 @@ def _active_local(store: JobStore) -> list[JobRecord]:
     return [r for r in store.list() if r.backend == "local" and r.state not in FINAL_STATES]
 
 
+def _held(workspace: Workspace, record: JobRecord, slots: int) -> dict | None:  # type: ignore[type-arg]
+    """What an active job holds: its allocation; for a job started before the queue existed (running with no
+    allocation in run.json) what it took then (GPUs from 0, one slot per replica)."""
+    held = _allocation(workspace, record.id)
+    if held is None and record.state != "queued":
+        spec = JobSpec.from_dict(record.spec)
+        demand = Demand.of(spec, slots)
+        held = {"devices": gpus.assign(0, demand.gpu_replicas), "cpus": demand.cpus}
+        if demand.gpus_per_replica:
+            n = demand.gpus_per_replica
+            held["devices"] = [",".join(str(i * n + k) for k in range(n)) for i in range(demand.gpu_replicas)]
+    return held
+
+
 def waiting(workspace: Workspace) -> list[JobRecord]:
     """Queued jobs not let in yet, in the order they will start."""
     active = _active_local(JobStore(workspace))
-    return sorted((r for r in active if _allocation(workspace, r.id) is None), key=_order)
+    slots = cpu_slots()
+    return sorted((r for r in active if _held(workspace, r, slots) is None), key=_order)
 
 
 def positions(workspace: Workspace) -> dict[str, int]:
@@ -134,7 +155,7 @@ def admit(workspace: Workspace, start: Callable[[str, dict[str, str]], None]) ->
         store = JobStore(workspace)
         active = _active_local(store)
         slots, most = cpu_slots(), max_jobs()
-        held = {r.id: a for r in active if (a := _allocation(workspace, r.id)) is not None}
+        held = {r.id: a for r in active if (a := _held(workspace, r, slots)) is not None}
         used_gpus = {d for a in held.values() for devs in a.get("devices", []) for d in devs.split(",") if d}
         used_cpus = sum(int(a.get("cpus", 0)) for a in held.values())
         running = len(held)
@@ -160,9 +181,33 @@ def admit(workspace: Workspace, start: Callable[[str, dict[str, str]], None]) ->
             record_in_run_json(
                 workspace, record.id, queue={"admitted": time.time(), "devices": devices, "cpus": demand.cpus}
             )
-            start(record.id, load_env(workspace, record.id))
-            env_file(workspace, record.id).unlink(missing_ok=True)
+            if not has_launcher(workspace, record.id):  # else its launcher, waiting, sees this and starts
+                launch(workspace, record.id, start)
             used_cpus += demand.cpus
             running += 1
             started.append(record.id)
+        head = next((r for r in sorted(active, key=_order) if r.id not in held and r.id not in started), None)
+        if head is not None and not head.cancel_requested and not has_launcher(workspace, head.id):
+            launch(workspace, head.id, start)  # waits, warm, so that it starts at once when let in
     return started
+
+
+def has_launcher(workspace: Workspace, job_id: str) -> bool:
+    """Whether the job has a launcher (supervisor) process: alive, or started by an admitter less than
+    :data:`LAUNCH_GRACE_S` ago and not yet recorded (so that two admitters never start two)."""
+    from workbench.backends.local.processes import alive
+
+    try:
+        run = read_json(workspace.run(job_id).run_json)
+    except (OSError, ValueError):
+        return False
+    pid = run.get("supervisor_pid")
+    if pid:
+        return alive(pid, job_id)
+    return time.time() - float(run.get("launcher_started") or 0) < LAUNCH_GRACE_S
+
+
+def launch(workspace: Workspace, job_id: str, start: Callable[[str, dict[str, str]], None]) -> None:
+    """Start the job's launcher with its submitter's environment; recorded first (under the queue's lock)."""
+    record_in_run_json(workspace, job_id, supervisor_pid=None, launcher_started=time.time())
+    start(job_id, load_env(workspace, job_id))

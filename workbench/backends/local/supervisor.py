@@ -16,6 +16,7 @@ marks the job failed and stops what is left of them.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -29,10 +30,12 @@ from workbench import conventions, gpus, settings
 from workbench.backends.local import processes, queue
 from workbench.errors import WorkbenchError, WorkspaceError
 from workbench.spec import JobSpec
-from workbench.store import JobStore, record_in_run_json
+from workbench.store import FINAL_STATES, JobStore, record_in_run_json
 from workbench.workspace import RunPaths, Workspace, open_private, read_json, write_json_atomic
 
 POLL_S = 0.2
+WAIT_POLL_S = 0.05  # how often a queued job's launcher looks whether it was let in (reads run.json)
+LOOK_S = 5.0  # how often it looks at the whole queue itself
 STORE_BACKOFF_S = (0.5, 10.0)  # first and longest wait before trying the job database again
 FINAL_WRITE_S = 60  # how long the final state is retried into the database (run.json has it at once)
 T = TypeVar("T")
@@ -83,8 +86,16 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        record_in_run_json(self.workspace, self.run_id, supervisor_pid=os.getpid())
+        with queue.lock(self.workspace):  # an admitter reads it to know whether this job has a launcher
+            other = read_json(self.paths.run_json).get("supervisor_pid")
+            if other and other != os.getpid() and processes.alive(other, self.run_id):
+                self.log(f"the job already has its launcher (pid {other}); this one leaves")
+                return 0
+            record_in_run_json(self.workspace, self.run_id, supervisor_pid=os.getpid())
         self._db("record the launcher", lambda: self.store.update(self.run_id, supervisor_pid=os.getpid()))
+        if not self._wait_admitted():
+            return 0  # cancelled while queued: it never starts
+        queue.env_file(self.workspace, self.run_id).unlink(missing_ok=True)
         record = self._db("read the job", lambda: self.store.get(self.run_id))
         if record is not None and record.cancel_requested:
             self._finish("cancelled", "cancelled before it started")
@@ -98,15 +109,44 @@ class Supervisor:
             self.log(f"{message}; restarting (restart {attempt + 1} of {self.spec.max_restarts})")
         return 0
 
+    def _wait_admitted(self) -> bool:
+        """Wait, imports done, until the queue lets this job in (its allocation appears in run.json), so that it
+        starts at once when the job before it ends. Meanwhile look at the queue now and then (dead launchers'
+        jobs are settled, what fits is let in): a waiting head keeps the queue moving with nothing else running.
+        False when the job ended while queued (cancelled) or this process was told to stop."""
+        next_look = time.monotonic() + LOOK_S
+        while not self.cancelled:
+            try:
+                run = read_json(self.paths.run_json)
+            except (OSError, ValueError):
+                return False  # deleted
+            if run.get("state") in FINAL_STATES:
+                return False
+            if (run.get("queue") or {}).get("admitted"):
+                return True
+            if time.monotonic() > next_look:
+                next_look = time.monotonic() + LOOK_S
+                self._look_at_queue()
+            time.sleep(WAIT_POLL_S)
+        return False
+
+    def _look_at_queue(self) -> None:
+        from workbench.backends import reconcile
+
+        try:
+            reconcile(self.workspace)
+        except (WorkbenchError, OSError) as e:
+            self.log(f"could not look at the queue: {e}")
+
     def _finish(self, outcome: str, message: str) -> None:
         """Record the job's end: in run.json at once, in the database as soon as it can be written."""
         record_in_run_json(self.workspace, self.run_id, state=outcome, message=message, ended=time.time())
         self.log(f"job {outcome}: {message}")
+        self._admit_next()  # the store takes the outcome over from run.json, so the next job need not wait
         deadline = time.monotonic() + FINAL_WRITE_S
         while time.monotonic() < deadline:
             self._retry_at = 0.0
             if self._db("record the outcome", lambda: self.store.transition(self.run_id, outcome, message)) is not None:
-                self._admit_next()
                 return
             time.sleep(self._backoff)
         self.log("the job database could not be written; run.json holds the outcome, taken over on its next read")
@@ -210,7 +250,27 @@ class Supervisor:
                 # Helpers (ps servers, schedulers) get a moment to wind down before they are stopped.
                 processes.wait_for(lambda: all(r.proc.poll() is not None for r in running), self.grace)
                 return "succeeded", "all replicas finished"
-            time.sleep(POLL_S)
+            _until_one_exits(running, POLL_S)
+
+
+def _until_one_exits(running: list[Running], timeout: float) -> None:
+    """Sleep up to ``timeout`` s, waking as soon as a replica exits (a pidfd turns readable), so that the job's
+    end is recorded, and the next queued job started, at once rather than at the next poll."""
+    fds = []
+    try:
+        for r in running:
+            if r.proc.returncode is None:
+                try:
+                    fds.append(os.pidfd_open(r.proc.pid))
+                except (AttributeError, OSError):  # not Linux >= 5.3, or already reaped
+                    pass
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def main(argv: list[str]) -> int:
