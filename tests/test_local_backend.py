@@ -261,3 +261,14 @@ def test_cli_submit_takes_options_before_or_after_the_script(workspace, write_sc
         assert out.returncode == 0, out.stderr
         assert "got ['--epochs', '3']" in out.stdout
     assert sorted(j.name for j in wb.jobs()) == ["after", "before"]
+
+
+def test_tensorflow_logs_are_quiet_unless_the_user_says_otherwise(workspace, write_script, monkeypatch):
+    script = str(write_script("import os; print('level', os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"))
+    quiet = wb.submit(script, framework="none")
+    chosen = wb.submit(script, framework="none", env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    inherited = wb.submit(script, framework="none")
+    for job, level in ((quiet, "2"), (chosen, "0"), (inherited, "1")):
+        assert job.wait(60) == "succeeded"
+        assert f"level {level}" in job.logs()
