@@ -9,7 +9,6 @@ from workbench import launcher
 from workbench.errors import ServiceError
 from workbench.job import Job
 from workbench.spec import JobSpec
-from workbench.store import JobStore
 from workbench.workspace import Workspace
 
 
@@ -60,11 +59,11 @@ def job(job_id: str) -> Job:
 
 def jobs(limit: int | None = None) -> list[Job]:
     """Jobs of the current workspace, newest first."""
-    from workbench.backends import reconcile
+    from workbench.backends import get_backend, reconcile
 
     workspace = Workspace.current()
     reconcile(workspace)  # a job whose supervisor died shows as failed, without a status() call
-    return [Job(r.id, workspace) for r in JobStore(workspace).list(limit)]
+    return [Job(r.id, workspace) for r in get_backend().records(workspace).list(limit)]
 
 
 def tensorboard(job: Job | str | None = None) -> Any:

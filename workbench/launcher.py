@@ -13,7 +13,7 @@ from workbench.conventions import replicas
 from workbench.errors import WorkbenchError
 from workbench.snapshot import lineage, snapshot
 from workbench.spec import JobSpec
-from workbench.store import JobRecord, JobStore
+from workbench.store import JobRecord
 from workbench.workspace import Workspace, write_json_atomic
 
 
@@ -34,7 +34,7 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
     compute = [r for r in replicas(spec.roles()) if r.role in ("worker", "chief")]
     if runner.name == "local":
         gpus.assign(spec.gpus, len(compute))  # too many GPUs is an error now, not in the job's log
-    store = JobStore(workspace)
+    store = runner.records(workspace)
     store.list(limit=1)  # a corrupt database fails here, before any run dir exists
 
     run_id = new_run_id(spec.name or "job")

@@ -25,7 +25,6 @@ from workbench.backends import get_backend
 from workbench.backends.kubernetes import entrypoint, incluster, manifests
 from workbench.backends.kubernetes.client import default_namespace
 from workbench.spec import JobSpec
-from workbench.store import JobStore
 from workbench.workspace import Workspace, read_json
 
 pytestmark = pytest.mark.k8s
@@ -89,8 +88,8 @@ def test_api_errors_become_workbench_errors_and_nothing_is_left_behind(fake: Fak
         submit(script, workers=2)
     assert "403" in str(caught.value)
     assert fake.names("services") == [] and fake.names("jobs") == []  # the Service created first was removed
-    (record,) = JobStore(Workspace.current()).list()
-    assert record.state == "failed" and "could not start" in (record.message or "")
+    (job,) = wb.jobs()
+    assert job.status() == "failed" and "could not start" in (job.message or "")
 
 
 def test_an_unreachable_api_is_a_clear_error(
