@@ -47,7 +47,8 @@ class PredictionLog:
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
         self._on_drop = on_drop
         self._closing = threading.Event()
-        self._warned, self._unwarned = 0.0, 0
+        self._warned: dict[str, float] = {}  # kind of warning -> when last logged
+        self._unwarned = 0  # rows dropped since the last drop warning
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -84,17 +85,23 @@ class PredictionLog:
             while conn is None and not (stop and not batch):
                 try:
                     conn = self.database.connect()
+                    if delay > MIN_BACKOFF_S:
+                        log.info("the prediction log at %s is reachable again", self.database)
                     delay = MIN_BACKOFF_S
-                except self.database.errors as e:
-                    self._warn(f"cannot reach the prediction log at {self.database} ({_first_line(e)}); retrying")
+                except Exception as e:  # the database's errors, and its driver's on a malformed URL
+                    self._warn(
+                        "down", f"cannot reach the prediction log at {self.database} ({_first_line(e)}); retrying"
+                    )
                     if self._closing.wait(delay):  # closing while the database is down: give up
                         self._drop(len(batch) + self._queue.qsize(), "the server stopped while it was down")
                         return
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    delay = min(delay * 2, MAX_BACKOFF_S)  # > MIN_BACKOFF_S from now on: it was down
             if batch and conn is not None:
                 try:
                     self.database.insert(conn, [_row(*item) for item in batch])
-                except self.database.errors as e:
+                except (
+                    Exception
+                ) as e:  # whatever it is (the database's errors, a value it refuses), never the thread's end
                     self._drop(len(batch), _first_line(e))
                     conn = _close(conn)
             if stop:
@@ -118,17 +125,19 @@ class PredictionLog:
             return
         if self._on_drop is not None:
             self._on_drop(count)
-        self._warn(f"dropped {count} prediction(s) not logged to {self.database}: {why}", count)
+        self._unwarned += count
+        if self._warn("drop", f"dropped {self._unwarned} prediction(s) not logged to {self.database}: {why}"):
+            self._unwarned = 0
 
-    def _warn(self, message: str, count: int = 0) -> None:
-        """Log at most once per WARN_EVERY_S (an outage would otherwise log every batch)."""
+    def _warn(self, kind: str, message: str) -> bool:
+        """Log a warning of this kind at most once per WARN_EVERY_S (an outage would otherwise log every batch);
+        return whether it was logged."""
         now = time.monotonic()
-        if now - self._warned < WARN_EVERY_S:
-            self._unwarned += count
-            return
-        more = f"; {self._unwarned} more dropped since the last warning" if self._unwarned else ""
-        log.warning("%s%s", message, more)
-        self._warned, self._unwarned = now, 0
+        if now - self._warned.get(kind, -WARN_EVERY_S) < WARN_EVERY_S:
+            return False
+        log.warning("%s", message)
+        self._warned[kind] = now
+        return True
 
 
 def _row(
