@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,23 @@ def test_a_database_the_log_cannot_use_is_a_clear_error(monkeypatch: pytest.Monk
         database("postgresql://127.0.0.1/x")
 
 
+def test_rows_a_database_that_is_down_cannot_take_are_dropped_and_counted(pg: PostgresServer) -> None:
+    dropped: list[int] = []
+    pg.stop()
+    try:
+        log = PredictionLog(database(pg.url), on_drop=dropped.append, max_queue=4)
+        started = time.monotonic()
+        for model, version, ms, inputs, outputs in _rows("down", 20):
+            log.record(model, version, "rest", ms / 1000, inputs, outputs)
+        assert time.monotonic() - started < 0.5  # recording never waits for the database
+        log.close(timeout=10)
+        assert not log._thread.is_alive()  # closing does not hang on a database that is down
+        assert sum(dropped) == 20  # each row, once: the queue's overflow, then what it held at the end
+    finally:
+        pg.start()
+    assert summary(model="down", db=pg.url) == {}
+
+
 def test_summary_of_a_database_that_is_down_says_where(pg: PostgresServer) -> None:
     url = pg.url.replace(str(pg.port), str(pg.port + 1 if pg.port < 65535 else pg.port - 1))
     with pytest.raises(WorkbenchError, match="cannot read the prediction log at postgresql://postgres@127.0.0.1"):
@@ -83,13 +100,21 @@ def test_summary_of_a_database_that_is_down_says_where(pg: PostgresServer) -> No
 # ---------------------------------------------------------------- two server processes, one database
 
 
-@pytest.fixture(scope="module")
-def logging_server(serving_ws: Path, base, pg: PostgresServer) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    env = {"WORKBENCH_SERVE_LOG_DB": pg.url, "WORKBENCH_SERVE_LOG_QUEUE": "16"}
-    log = serving_ws.parent / "predlog-server.log"
-    server = start_server(serving_ws, log, "--workers", "2", "--poll", "0.2", "--log-sample", "1", env=env)
-    yield server
-    stop_server(server)
+@pytest.fixture
+def logging_server(serving_ws: Path, base, pg: PostgresServer) -> Iterator[Callable[..., Server]]:  # type: ignore[no-untyped-def]
+    """``logging_server(**env)``: ``workbench serve`` in two processes, logging every prediction into ``pg``."""
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        env = {"WORKBENCH_SERVE_LOG_DB": pg.url, **env}
+        log = serving_ws.parent / "predlog-server.log"
+        server = start_server(serving_ws, log, "--workers", "2", "--poll", "0.2", "--log-sample", "1", env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop_server(server)
 
 
 def _predict_all(server: Server, model: str, ids: range, digit: list, threads: int = 4) -> list[int]:  # type: ignore[type-arg]
@@ -138,9 +163,10 @@ def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped
 
 @pytest.mark.slow
 def test_two_server_processes_log_every_sampled_request_once(logging_server, publish, digits, pg) -> None:  # type: ignore[no-untyped-def]
+    server = logging_server()
     publish("pglog")
-    logging_server.wait_version("pglog", 1)
-    statuses = _predict_all(logging_server, "pglog", range(200), digits[0])
+    server.wait_version("pglog", 1)
+    statuses = _predict_all(server, "pglog", range(200), digits[0])
     assert statuses == [200] * 200
     _until(lambda: len(_logged_ids(pg, "pglog")) >= 200, 30, lambda: f"{len(_logged_ids(pg, 'pglog'))} of 200 logged")
     time.sleep(0.5)  # a row logged twice would land within a writer's batch period (0.2 s)
@@ -154,37 +180,52 @@ def test_two_server_processes_log_every_sampled_request_once(logging_server, pub
     assert stats["requests"] == stats["rows"] == 200
     assert sum(stats["outputs"]["probabilities"]["top_class"].values()) == 200
     assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"]
-    assert _dropped(logging_server) == 0
+    assert _dropped(server) == 0
+
+
+def _writers(pg: PostgresServer) -> int:
+    """Server processes connected to the database now."""
+    with psycopg.connect(pg.url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'workbench-serve'"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 @pytest.mark.slow
 def test_a_database_outage_fails_no_predict_and_counts_the_rows_it_drops(logging_server, publish, digits, pg) -> None:  # type: ignore[no-untyped-def]
+    server = logging_server(WORKBENCH_SERVE_LOG_QUEUE="16")  # rows held per process while the database is down
     publish("outage")
-    logging_server.wait_version("outage", 1)
-    assert _predict_all(logging_server, "outage", range(20), digits[0]) == [200] * 20
-    _until(lambda: len(_logged_ids(pg, "outage")) == 20, 30, lambda: _logged_ids(pg, "outage"))
-    before = _dropped(logging_server)
+    server.wait_version("outage", 1)
+    sent = 0
+
+    def accounted() -> float:  # every sampled request is either logged once or counted as dropped
+        return len(_logged_ids(pg, "outage")) + _dropped(server)
+
+    assert _predict_all(server, "outage", range(40), digits[0]) == [200] * 40
+    sent += 40
+    _until(lambda: accounted() == sent, 30, lambda: f"{accounted()} of {sent} accounted for")
+    _until(lambda: _writers(pg) == 2, 30, lambda: f"{_writers(pg)} of 2 server processes connected")
+    before = _dropped(server)
     pg.stop()
     try:
-        during = _predict_all(logging_server, "outage", range(1000, 1300), digits[0])
+        during = _predict_all(server, "outage", range(1000, 1300), digits[0])
         assert during == [200] * 300  # the database being down fails no predict
-        assert _dropped(logging_server) > before  # queues of 16 rows per process cannot hold 300
+        sent += 300
+        # Each process holds at most a batch and 16 queued rows: most of the 300 are dropped, and counted.
+        _until(lambda: _dropped(server) - before >= 100, 30, lambda: f"{_dropped(server) - before} dropped")
     finally:
         pg.start()
-    # The writers reconnect: rows of requests made once the database is back land again.
-    assert _predict_all(logging_server, "outage", range(2000, 2020), digits[0]) == [200] * 20
+    # The writers reconnect on their own (each holds rows of the outage to write), then new rows land again.
+    _until(lambda: _writers(pg) == 2, 30, lambda: f"{_writers(pg)} of 2 server processes reconnected")
+    assert _predict_all(server, "outage", range(2000, 2020), digits[0], threads=1) == [200] * 20
+    sent += 20
     _until(
         lambda: set(range(2000, 2020)) <= set(_logged_ids(pg, "outage")),
         30,
         lambda: f"after the restart only {[i for i in _logged_ids(pg, 'outage') if i >= 2000]} landed",
     )
-    # Every sampled request was either logged once or counted as dropped.
-    sent = 20 + 300 + 20
-    _until(
-        lambda: len(_logged_ids(pg, "outage")) + _dropped(logging_server) - before == sent,
-        30,
-        lambda: f"{len(_logged_ids(pg, 'outage'))} logged + {_dropped(logging_server) - before} dropped != {sent}",
-    )
+    _until(lambda: accounted() == sent, 30, lambda: f"{accounted()} of {sent} accounted for")
     ids = _logged_ids(pg, "outage")
     assert len(ids) == len(set(ids))
-    assert "dropped" in logging_server.log_text() and "prediction log" in logging_server.log_text()
+    assert "dropped" in server.log_text() and "cannot reach the prediction log" in server.log_text()

@@ -93,7 +93,7 @@ class PredictionLog:
                         "down", f"cannot reach the prediction log at {self.database} ({_first_line(e)}); retrying"
                     )
                     if self._closing.wait(delay):  # closing while the database is down: give up
-                        self._drop(len(batch) + self._queue.qsize(), "the server stopped while it was down")
+                        self._drop(len(batch) + self._discard(), "the server stopped while it was down")
                         return
                     delay = min(delay * 2, MAX_BACKOFF_S)  # > MIN_BACKOFF_S from now on: it was down
             if batch and conn is not None:
@@ -119,6 +119,15 @@ class PredictionLog:
                 break
         stop = items[-1] is None or self._closing.is_set()
         return [i for i in items if i is not None], stop
+
+    def _discard(self) -> int:
+        """Empty the queue; return how many rows it held."""
+        rows = 0
+        while True:
+            try:
+                rows += self._queue.get_nowait() is not None
+            except queue.Empty:
+                return rows
 
     def _drop(self, count: int, why: str) -> None:
         if count <= 0:
