@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from workbench.api import (
+    compare,
     job,
     jobs,
     label,
@@ -15,8 +16,12 @@ from workbench.api import (
     prediction_summary,
     promote,
     rollback,
+    runs,
     split,
     submit,
+    sweep,
+    sweep_by_id,
+    sweeps,
     tensorboard,
 )
 from workbench.errors import (
@@ -60,4 +65,10 @@ __all__ = [
     "promote",
     "rollback",
     "split",
+    # params, comparison, sweeps
+    "compare",
+    "runs",
+    "sweep",
+    "sweep_by_id",
+    "sweeps",
 ]

@@ -20,6 +20,12 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
     return env
 
 
+def _param_pairs(items: list[str]) -> dict[str, object]:
+    from workbench.params import parse_pairs
+
+    return dict(parse_pairs(items))
+
+
 def _age(t: float | None) -> str:
     if not t:
         return "-"
@@ -85,6 +91,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         env=_env_pairs(a.env or []),
         python=a.python,
         max_restarts=a.max_restarts,
+        params=_param_pairs(a.param or []),
     )
     print(job.id)
     if a.follow:
@@ -98,6 +105,9 @@ def cmd_submit(a: argparse.Namespace) -> int:
 def cmd_jobs(a: argparse.Namespace) -> int:
     from workbench import api
 
+    if a.params or a.metric or a.sweep:
+        return _jobs_compared(a)
+
     rows = api.jobs(limit=a.limit)
     print(f"{'ID':<44} {'STATUS':<10} {'FRAMEWORK':<10} {'REPLICAS':<8} {'CREATED':<19}  MESSAGE")
     for j in rows:
@@ -106,6 +116,36 @@ def cmd_jobs(a: argparse.Namespace) -> int:
         n = spec["workers"] + spec.get("ps", 0)
         print(f"{j.id:<44} {j.status():<10} {spec['framework']:<10} {n:<8} {_age(r.created):<19}  {r.message or ''}")
     return 0
+
+
+def _jobs_compared(a: argparse.Namespace) -> int:
+    """``workbench jobs --params --metric M [--sweep ID]``: a run per line with its params and M's final and best."""
+    from workbench.compare import find_tag, runs
+
+    table = runs(sweep=a.sweep).head(a.limit)
+    metrics: dict[str, list[tuple[int, float]]] = {tag: [] for tag in table.attrs.get("metrics", [])}
+    tag = find_tag(metrics, a.metric) if a.metric else None
+    header = f"{'ID':<44} {'STATUS':<10}"
+    if a.metric:
+        header += f" {'FINAL ' + a.metric:>24} {'BEST':>10}"
+    print(header + ("  PARAMS" if a.params else ""))
+    for row in table.to_dict("records"):
+        line = f"{row['id']:<44} {row['status']:<10}"
+        if a.metric:
+            final, best = (row.get(tag), row.get(f"{tag} best")) if tag else (None, None)
+            line += f" {_number(final):>24} {_number(best):>10}"
+        if a.params:
+            line += "  " + " ".join(f"{k}={row[k]}" for k in table.attrs.get("params", []) if not _missing(row[k]))
+        print(line)
+    return 0
+
+
+def _missing(value: object) -> bool:
+    return value is None or value != value  # NaN where another run has the column
+
+
+def _number(value: object) -> str:
+    return "-" if _missing(value) else f"{value:.4g}"
 
 
 def cmd_logs(a: argparse.Namespace) -> int:
@@ -251,11 +291,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--python", help="interpreter, venv or named environment")
     s.add_argument("--max-restarts", type=int, default=0)
+    s.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a hyperparameter (repeatable): JSON when it parses (0.01, true), else a string; the script gets "
+        "--NAME VALUE and WORKBENCH_PARAMS",
+    )
     s.add_argument("-f", "--follow", action="store_true", help="stream logs until the job ends")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("jobs", help="list jobs, newest first")
     s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--params", action="store_true", help="show each run's params")
+    s.add_argument("--metric", help="show this scalar's final and best value (a tag, its last part, val_accuracy)")
+    s.add_argument("--sweep", help="only the trials of this sweep")
     s.set_defaults(fn=cmd_jobs)
 
     s = sub.add_parser("logs", help="a job's replica logs")

@@ -135,6 +135,7 @@ WORKSPACE_VAR = WORKSPACE.name
 ROLE_VAR = "WORKBENCH_ROLE"
 REPLICA_INDEX_VAR = "WORKBENCH_REPLICA_INDEX"
 ATTEMPT_VAR = "WORKBENCH_ATTEMPT"
+PARAMS_VAR = "WORKBENCH_PARAMS"  # JSON object of the job's params (also given as --NAME VALUE arguments)
 # Set in Kubernetes pods for workbench.backends.kubernetes.entrypoint, which derives the replica's environment.
 CLUSTER_VAR = "WORKBENCH_CLUSTER"  # JSON: role -> ["host:port", ...] of every replica
 FRAMEWORK_VAR = "WORKBENCH_FRAMEWORK"  # the job's framework (tensorflow, pytorch, mxnet, none)

@@ -139,7 +139,7 @@ class Supervisor:
         for r in replicas:
             env = {
                 **os.environ,
-                **self.spec.env,
+                **self.spec.command_env(),
                 **conventions.replica_env(self.spec.framework, cluster, r, loopback=True),
                 settings.RUN_ID_VAR: self.run_id,
                 settings.WORKSPACE_VAR: str(self.workspace.root),
@@ -154,7 +154,7 @@ class Supervisor:
                 log.write(f"\n===== restart {attempt}: attempt {attempt + 1} =====\n".encode())
                 log.flush()
             proc = subprocess.Popen(
-                [self.spec.python or sys.executable, str(script), *self.spec.args],
+                [self.spec.python or sys.executable, str(script), *self.spec.command_args()],
                 cwd=self.paths.code,
                 env=env,
                 stdin=subprocess.DEVNULL,
