@@ -174,43 +174,42 @@ def prediction_summary(model: str | None = None, since: float | None = None) -> 
     return summary(model=model, since=since)
 
 
-# ---------------------------------------------------------------- params, comparison, sweeps (workbench.compare,
-# workbench.sweep)
+# ---------------------------------------------------------------- comparison and sweeps (workbench.experiments)
 
 
 def runs(name: str | None = None, sweep: str | None = None, status: str | None = None) -> Any:
     """Runs as a pandas DataFrame: id, name, status, sweep, params, final and best value of each scalar, duration.
 
-    See :func:`workbench.compare.runs`."""
-    from workbench.compare import runs as _runs
+    See :func:`workbench.experiments.compare.runs`."""
+    from workbench.experiments.compare import runs as _runs
 
     return _runs(name=name, sweep=sweep, status=status)
 
 
 def compare(runs: Any, metric: str) -> Any:
     """Plot ``metric`` of several runs (Jobs, ids, a ``runs()`` DataFrame, a sweep) together; see
-    :func:`workbench.compare.compare`."""
-    from workbench.compare import compare as _compare
+    :func:`workbench.experiments.compare.compare`."""
+    from workbench.experiments.compare import compare as _compare
 
     return _compare(runs, metric)
 
 
 def sweep(script: str, space: dict[str, Any], **options: Any) -> Any:
-    """Start a hyperparameter sweep whose trials are jobs; see :func:`workbench.sweep.sweep`."""
-    from workbench.sweep import sweep as _sweep
+    """Start a hyperparameter sweep whose trials are jobs; see :func:`workbench.experiments.sweep.sweep`."""
+    from workbench.experiments.sweep import sweep as _sweep
 
     return _sweep(script, space, **options)
 
 
 def sweep_by_id(sweep_id: str) -> Any:
     """The sweep with this id (or unique prefix), e.g. after a notebook restart."""
-    from workbench.sweep import sweep_by_id as _sweep_by_id
+    from workbench.experiments.sweep import sweep_by_id as _sweep_by_id
 
     return _sweep_by_id(sweep_id)
 
 
 def sweeps() -> list[Any]:
     """The workspace's sweeps, newest first."""
-    from workbench.sweep import sweeps as _sweeps
+    from workbench.experiments.sweep import sweeps as _sweeps
 
     return _sweeps()

@@ -120,7 +120,7 @@ def cmd_jobs(a: argparse.Namespace) -> int:
 
 def _jobs_compared(a: argparse.Namespace) -> int:
     """``workbench jobs --params --metric M [--sweep ID]``: a run per line with its params and M's final and best."""
-    from workbench.compare import find_tag, runs
+    from workbench.experiments.compare import find_tag, runs
 
     table = runs(sweep=a.sweep).head(a.limit)
     metrics: dict[str, list[tuple[int, float]]] = {tag: [] for tag in table.attrs.get("metrics", [])}

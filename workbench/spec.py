@@ -36,7 +36,7 @@ class JobSpec:
     max_restarts: int = 0
     # Hyperparameters (workbench.params): passed as --NAME VALUE after args and as WORKBENCH_PARAMS JSON.
     params: dict[str, Any] = field(default_factory=dict)
-    sweep: str | None = None  # id of the sweep this job is a trial of (workbench.sweep)
+    sweep: str | None = None  # id of the sweep this job is a trial of (workbench.experiments.sweep)
 
     def roles(self) -> dict[str, int]:
         """Replica count per role, in launch order (see README: distributed conventions)."""

@@ -173,7 +173,7 @@ class Sweep:
         return True
 
     def _settle(self, study: optuna.Study, frozen: Any) -> None:
-        from workbench.compare import best_of, find_tag
+        from workbench.experiments.compare import best_of, find_tag
         from workbench.job import Job
 
         optuna = _optuna()
@@ -246,7 +246,7 @@ class Sweep:
     def trials(self) -> pd.DataFrame:
         """One row per trial: ``trial``, ``state`` (Optuna's: complete, pruned, fail, running), ``value`` (the best
         ``metric`` its job logged), its params, then the job's columns from :func:`workbench.runs`."""
-        from workbench.compare import FIXED, pandas, run_row
+        from workbench.experiments.compare import FIXED, pandas, run_row
         from workbench.store import JobStore
 
         store = JobStore(self.workspace)
