@@ -6,7 +6,7 @@ with those params and the sweep's id; a finished trial is told the best value it
 sweep's settings are in ``state/sweeps/<id>.json`` and each trial's job id in the study, so any process can
 reattach (:func:`sweep_by_id`, :func:`sweeps`). The sweep advances while someone calls :meth:`Sweep.wait` (or
 :meth:`Sweep.step`): a notebook restart loses nothing, the next ``wait()`` goes on (one driver at a time, by a
-file lock). Strategies: "grid" (Optuna's GridSampler: every combination once), "random", "tpe".
+file lock). Strategies: "grid" (every combination once, in order), "random" and "tpe" (Optuna's samplers).
 
 Space: a list is a choice among its values; ``(low, high)`` a uniform range (int when both are ints);
 ``(low, high, "log")`` a log-uniform range; an ``optuna.distributions`` object as it is. Grid takes lists only.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import JobNotFound, SpecError, WorkbenchError
@@ -117,14 +118,12 @@ class Sweep:
     def study(self) -> optuna.Study:
         optuna = _optuna()
         c = self.config
-        if c.strategy == "grid":
-            grid = {k: list(d.choices) for k, d in self.space.items()}
-            sampler = optuna.samplers.GridSampler(grid, seed=c.seed)
-        elif c.strategy == "random":
+        if c.strategy in ("grid", "random"):  # grid: each trial's point is enqueued (see _start)
             sampler = optuna.samplers.RandomSampler(seed=c.seed)
         else:
             sampler = optuna.samplers.TPESampler(seed=c.seed)
-        pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if c.prune else optuna.pruners.NopPruner()
+        # Small sweeps are the norm here: judge from the second finished trial on (Optuna's default waits for 5).
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if c.prune else optuna.pruners.NopPruner()
         return optuna.load_study(study_name=c.id, storage=_storage(self.workspace), sampler=sampler, pruner=pruner)
 
     # ---------------------------------------------------------------- driving
@@ -145,21 +144,26 @@ class Sweep:
         return active == 0 and len(trials) >= self._planned(study)
 
     def _planned(self, study: optuna.Study) -> int:
-        trials = self.config.trials
         if self.config.strategy == "grid":  # the grid may be smaller than asked
-            size = 1
-            for d in self.space.values():
-                size *= len(d.choices)
-            trials = min(trials, size)
-        return trials
+            return min(self.config.trials, len(self.grid()))
+        return self.config.trials
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of a grid sweep's values, in trial order."""
+        names = list(self.space)
+        return [dict(zip(names, values, strict=True)) for values in product(*(self.space[n].choices for n in names))]
 
     def _start(self, study: optuna.Study) -> bool:
         from workbench.api import submit
 
         if len(study.trials) >= self._planned(study):
             return False
-        trial = study.ask(self.space)
         c = self.config
+        if c.strategy == "grid":
+            # A plain product, enqueued one point at a time: Optuna's GridSampler stops the study (Study.stop) when
+            # the grid is used up, which the ask-and-tell interface refuses outside study.optimize.
+            study.enqueue_trial(self.grid()[len(study.trials)])
+        trial = study.ask(self.space)
         options = dict(c.submit)
         name = options.pop("name", None) or "sweep"
         try:
@@ -296,8 +300,8 @@ def sweep(
     ``metric``: the scalar each trial is judged by (a TensorBoard tag, its last part, or Keras' ``val_accuracy``
     for ``validation/epoch_accuracy``), best value over the run by ``mode`` ("max" or "min"). ``trials``: how
     many (grid: default and most, the number of combinations). ``parallel``: trials running at once.
-    ``strategy``: "grid", "random" or "tpe". ``prune``: stop trials that fall below the median of earlier ones
-    at the same step (Optuna's MedianPruner). ``args`` and ``submit_options`` (framework, workers, gpus, env,
+    ``strategy``: "grid", "random" or "tpe". ``prune``: cancel a running trial whose ``metric`` falls below the
+    median of earlier trials at the same step (Optuna's MedianPruner, from the third trial on). ``args`` and ``submit_options`` (framework, workers, gpus, env,
     python...) go to every trial's :func:`workbench.submit`; its jobs are named ``<name>-<trial number>``.
     Call :meth:`Sweep.wait` to run it to the end.
     """
