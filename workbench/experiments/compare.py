@@ -168,9 +168,13 @@ def compare(items: Iterable[Any] | Any, metric: str, workspace: Workspace | None
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    if in_notebook():
-        from IPython.display import display
+    if in_notebook():  # a PNG, as job.watch() shows: a bare Figure has no display form without pyplot's backend
+        import io
 
-        display(fig)
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        display(Image(buf.getvalue()))
         return None
     return fig
