@@ -87,22 +87,25 @@ def test_tpe_sweep_minimizing_a_loss_is_finished_by_another_process(workspace, w
 
 
 def test_pruned_trials_are_cancelled(workspace, write_script):
-    # Each epoch's accuracy is lr * epoch, all logged at once, then the trial sleeps; the third is far below the
-    # median of the first two at every step and is stopped during its sleep.
-    script = write_script(SLOW_SCALARS)
-    sweep = wb.sweep(
-        str(script),
-        {"lr": [0.3, 0.25, 0.001], "sleep": [3]},
-        metric="val_accuracy",
-        parallel=1,
-        prune=True,
-        framework="none",
-    )
+    # Each epoch's accuracy is lr * epoch, all logged at once; then a trial sleeps (3 s, the poor one 60 s). The
+    # third is far below the median of the first two at every step and is stopped during its sleep.
+    script = write_script(SCALARS + "\nimport time; time.sleep(3 if lr > 0.01 else 60)\n")
+    sweep = wb.sweep(str(script), {"lr": [0.3, 0.25, 0.001]}, metric="val_accuracy", prune=True, framework="none")
     sweep.wait(timeout=200, poll=0.2)
     trials = sweep.trials()
     assert list(trials["state"]) == ["complete", "complete", "pruned"], trials
     assert trials["status"].iloc[2] == "cancelled"
-    assert trials["duration_s"].iloc[2] < 3
+    assert trials["duration_s"].iloc[2] < 50
+
+
+def test_cancel_stops_the_running_trials_and_starts_no_more(workspace, write_script):
+    script = write_script(SLOW_SCALARS)
+    sweep = wb.sweep(str(script), {"lr": [0.1, 0.2, 0.3], "sleep": [60]}, metric="val_accuracy", framework="none")
+    (running,) = sweep.trial_jobs()
+    sweep.cancel()
+    assert running.status() == "cancelled"
+    assert sweep.wait(timeout=10).trials()["state"].tolist() == ["fail"]
+    assert len(wb.jobs()) == 1
 
 
 @pytest.mark.parametrize(
