@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
 from workbench.metrics import read_scalars
-from workbench.store import JobRecord, JobStore
+from workbench.store import JobRecord
 from workbench.workspace import Workspace, read_json
 
 if TYPE_CHECKING:
@@ -58,11 +58,11 @@ def best_of(points: list[tuple[int, float]], mode: str) -> float:
 
 
 def _records(workspace: Workspace, name: str | None, sweep: str | None, status: str | None) -> list[JobRecord]:
-    from workbench.backends import reconcile
+    from workbench.backends import get_backend, reconcile
 
     reconcile(workspace)
     out = []
-    for r in JobStore(workspace).list():
+    for r in get_backend().records(workspace).list():  # the SQLite job store locally, the cluster on Kubernetes
         if (name is None or r.name == name) and (sweep is None or r.spec.get("sweep") == sweep):
             if status is None or r.state == status:
                 out.append(r)

@@ -250,10 +250,10 @@ class Sweep:
     def trials(self) -> pd.DataFrame:
         """One row per trial: ``trial``, ``state`` (Optuna's: complete, pruned, fail, running), ``value`` (the best
         ``metric`` its job logged), its params, then the job's columns from :func:`workbench.runs`."""
+        from workbench.backends import get_backend
         from workbench.experiments.compare import FIXED, pandas, run_row
-        from workbench.store import JobStore
 
-        store = JobStore(self.workspace)
+        store = get_backend().records(self.workspace)
         rows = []
         for t in self.study.trials:
             row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params}
