@@ -104,6 +104,7 @@ class Sweep:
         self.config = config
         self.workspace = workspace
         self.id = config.id
+        self._storage: Any = None  # one SQLAlchemy engine per handle, not one per look at the study
 
     def __repr__(self) -> str:
         states = [t.state.name.lower() for t in self.study.trials]
@@ -124,7 +125,9 @@ class Sweep:
             sampler = optuna.samplers.TPESampler(seed=c.seed)
         # Small sweeps are the norm here: judge from the second finished trial on (Optuna's default waits for 5).
         pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if c.prune else optuna.pruners.NopPruner()
-        return optuna.load_study(study_name=c.id, storage=_storage(self.workspace), sampler=sampler, pruner=pruner)
+        if self._storage is None:
+            self._storage = _storage(self.workspace)
+        return optuna.load_study(study_name=c.id, storage=self._storage, sampler=sampler, pruner=pruner)
 
     # ---------------------------------------------------------------- driving
 
