@@ -54,7 +54,8 @@ def test_params_reach_the_script_and_run_json(workspace, write_script):
     run = json.loads(job.paths.run_json.read_text())
     assert run["params"] == {"lr": 0.05, "opt": "adam"} and run["spec"]["params"] == run["params"]
     assert json.loads((job.paths.root / "params.json").read_text()) == {"seed": 7, "note": "by hand"}
-    assert len(list(job.paths.tb.glob("events.out.tfevents.*.hparams"))) == 2  # the launcher's, the script's
+    # The launcher's HParams summary only: TensorBoard would ignore a second one for the run.
+    assert len(list(job.paths.tb.glob("events.out.tfevents.*.hparams"))) == 1
 
 
 def test_cli_param_values_are_json_when_they_parse(workspace, write_script):
@@ -123,6 +124,9 @@ def test_tensorboard_hparams_api_lists_params_and_metrics(workspace, write_scrip
         wb.submit(str(script), framework="none", name="hp", params={"lr": lr, "opt": opt})
         for lr, opt in ((0.05, "adam"), (0.2, "sgd"))
     ]
+    # Submitted without params, the script logs its own: TensorBoard gets them from runtime.log_params.
+    logging = write_script(SCALARS + "\nruntime.log_params(lr=0.1, opt='rms')\n", name="own.py")
+    jobs.append(wb.submit(str(logging), framework="none", name="own"))
     quiet = write_script("print('no params')\n", name="plain.py")
     plain = wb.submit(str(quiet), framework="none", name="plain")
     for job in [*jobs, plain]:
@@ -157,11 +161,12 @@ def test_tensorboard_hparams_api_lists_params_and_metrics(workspace, write_scrip
         groups = post(f"{api}/session_groups", request)["sessionGroups"]
         by_run = {g["sessions"][0]["name"].split("/")[0]: g for g in groups}
         assert set(by_run) == {j.id for j in jobs}  # the run without params is no session
-        for job in jobs:
+        expected = [j.record.spec["params"] for j in jobs[:2]] + [{"lr": 0.1, "opt": "rms"}]
+        for job, params in zip(jobs, expected, strict=True):
             group = by_run[job.id]
-            assert group["hparams"] == job.record.spec["params"]
+            assert group["hparams"] == params
             values = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in group["metricValues"]}
-            lr = job.record.spec["params"]["lr"]
+            lr = params["lr"]
             assert values[("validation", "epoch_accuracy")] == pytest.approx(lr)  # the last value logged
     finally:
         proc.terminate()

@@ -19,6 +19,7 @@ from workbench.errors import SpecError
 
 Value = bool | int | float | str
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+SUFFIX = ".hparams"  # of the event files write_hparams makes
 LOGGED = "params.json"  # params a script logged itself (workbench.runtime.log_params), beside run.json
 
 
@@ -69,12 +70,18 @@ def as_args(params: dict[str, Value]) -> list[str]:
     return [part for name, value in params.items() for part in (f"--{name}", as_text(value))]
 
 
+def has_hparams(tb_dir: Path) -> bool:
+    """Whether ``tb_dir`` holds an HParams summary written by :func:`write_hparams` (TensorBoard reads only a
+    run's first one)."""
+    return any(tb_dir.glob(f"*tfevents*{SUFFIX}"))
+
+
 def write_hparams(tb_dir: Path, params: dict[str, Value], run_id: str | None, start: float | None = None) -> None:
     """Write ``params`` into ``tb_dir`` as the hparams plugin's session-start summary (one session group per run).
 
     TensorBoard's own summary builder and record writer, on a plain file: its ``EventFileWriter`` would import
-    TensorFlow (seconds) for ``tf.io.gfile``. The file appears whole (renamed into place). Several writes to one
-    dir are fine: TensorBoard shows the last.
+    TensorFlow (seconds) for ``tf.io.gfile``. The file appears whole (renamed into place). TensorBoard keeps the
+    first summary metadata of a run's tag, so a second write to the same dir changes nothing there.
     """
     import os
     import socket
@@ -86,7 +93,7 @@ def write_hparams(tb_dir: Path, params: dict[str, Value], run_id: str | None, st
     now = time.time()
     summary = summary_v2.hparams_pb(dict(params), trial_id=run_id, start_time_secs=start or now)
     tb_dir.mkdir(parents=True, exist_ok=True)
-    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.hparams"
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}{SUFFIX}"
     partial = tb_dir / f".partial-{name.replace('tfevents', 'tfev')}"  # not an event file until renamed
     with open(partial, "wb") as f:
         writer = RecordWriter(f)

@@ -78,10 +78,13 @@ def params() -> dict[str, Any]:
 
 
 def log_params(values: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
-    """Record params the script chose itself (defaults, derived values) beside those it was given: in
-    ``runs/<id>/params.json`` (``wb.runs()`` shows them) and as TensorBoard HParams in ``WORKBENCH_LOG_DIR``.
-    Values: bool, int, float or str. Only the chief replica writes; returns every param of the run."""
-    from workbench.params import LOGGED, checked, write_hparams
+    """Record params the script chose itself (defaults, derived values) beside those it was given, in
+    ``runs/<id>/params.json`` (``wb.runs()`` shows them). Values: bool, int, float or str. Only the chief replica
+    writes; returns every param of the run.
+
+    TensorBoard keeps the first HParams summary of a run and ignores later ones, so they go to TensorBoard only
+    when the run has none yet (the job was submitted without params): then log them once, all together."""
+    from workbench.params import LOGGED, checked, has_hparams, write_hparams
 
     new = checked({**(values or {}), **more})
     ctx = context()
@@ -95,7 +98,8 @@ def log_params(values: dict[str, Any] | None = None, **more: Any) -> dict[str, A
 
         write_json_atomic(root / LOGGED, {**logged(root), **new})
     try:
-        write_hparams(ctx.log_dir, merged, ctx.run_id)
+        if not has_hparams(ctx.log_dir):
+            write_hparams(ctx.log_dir, merged, ctx.run_id)
     except ImportError:  # an environment without tensorboard (e.g. a framework's own venv): params.json has them
         pass
     return merged
