@@ -48,7 +48,7 @@ def test_single_job_runs_and_records_everything(workspace, write_script):
     assert f"run {job.id}" in logs and "args ['--x', '1']" in logs
     run = json.loads(job.paths.run_json.read_text())
     assert run["state"] == "succeeded" and run["spec"]["name"] == "tiny"
-    assert run["params"] == ["--x", "1"]
+    assert run["spec"]["args"] == ["--x", "1"] and run["params"] == {}
     assert run["lineage"]["script_sha256"] and run["lineage"]["user"]
     assert run["started"] <= run["ended"]
     assert (job.paths.code / "helper.txt").read_text() == "data"

@@ -147,3 +147,19 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.slow
+def test_sweep_notebook_runs_a_grid_compares_and_promotes_the_best(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_PROMOTE_WARM", "0")  # no idle export workers left behind by the kernel
+    nb = execute("06_sweep.ipynb", tmp_path, **SMALL, learning_rates=[0.0005, 0.003], parallel=2)
+    text = text_of(nb)
+    assert images_in(nb) >= 1  # wb.compare's plot
+    (sweep,) = wb.sweeps()
+    trials = sweep.trials()
+    assert list(trials["state"]) == ["complete", "complete"] and sorted(trials["lr"]) == [0.0005, 0.003]
+    best = sweep.best()
+    assert f"best: {best.name} lr=" in text
+    assert re.search(rf"lenet-swept version 1 from {best.id}: val_accuracy 0\.\d+", text), text
+    assert "No TensorBoard link" in text  # no `workbench up` for this workspace
+    assert set(wb.runs(sweep=sweep.id)["status"]) == {"succeeded"}

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from workbench.api import (
+    compare,
     delete,
     job,
     jobs,
@@ -16,8 +17,12 @@ from workbench.api import (
     prediction_summary,
     promote,
     rollback,
+    runs,
     split,
     submit,
+    sweep,
+    sweep_by_id,
+    sweeps,
     tensorboard,
 )
 from workbench.errors import (
@@ -64,4 +69,10 @@ __all__ = [
     "promote",
     "rollback",
     "split",
+    # params, comparison, sweeps
+    "compare",
+    "runs",
+    "sweep",
+    "sweep_by_id",
+    "sweeps",
 ]

@@ -9,7 +9,6 @@ from workbench import launcher
 from workbench.errors import ServiceError
 from workbench.job import Job
 from workbench.spec import JobSpec
-from workbench.store import JobStore
 from workbench.workspace import Workspace
 
 
@@ -25,6 +24,8 @@ def submit(
     env: dict[str, str] | None = None,
     python: str | None = None,
     max_restarts: int = 0,
+    params: dict[str, Any] | None = None,
+    sweep: str | None = None,
     priority: int = 0,
     cpus: int | None = None,
 ) -> Job:
@@ -36,8 +37,11 @@ def submit(
     MXNet). ``gpus``: GPUs per training replica. ``python``: interpreter, venv
     or named environment to run in (default: this one, or the framework's
     named environment). ``max_restarts``: restarts of the whole job after a
-    replica fails. ``priority``: higher starts first in the local queue; ``cpus``: CPU slots the job
-    holds there (default: one per replica; see docs/jobs.md). The script's folder is snapshotted into the run dir.
+    replica fails. ``params``: hyperparameters (bool, int, float, str), recorded in run.json, written as
+    TensorBoard HParams and given to the script as ``--NAME VALUE`` and ``WORKBENCH_PARAMS`` (JSON).
+    ``sweep``: the sweep this job is a trial of (set by :func:`workbench.sweep`).
+    ``priority``: higher starts first in the local queue; ``cpus``: CPU slots the job holds there (default:
+    one per replica; see docs/jobs.md). The script's folder is snapshotted into the run dir.
     Raises :class:`~workbench.errors.SpecError` (and friends) before creating
     anything when the request is wrong.
     """
@@ -52,6 +56,8 @@ def submit(
         env=dict(env or {}),
         python=python,
         max_restarts=max_restarts,
+        params=params if params is not None else {},
+        sweep=sweep,
         priority=priority,
         cpus=cpus,
     )
@@ -73,13 +79,16 @@ def delete(job: Job | str) -> str:
     return _delete(workspace, job.id if isinstance(job, Job) else job)
 
 
-def jobs(limit: int | None = None) -> list[Job]:
-    """Jobs of the current workspace, newest first."""
-    from workbench.backends import reconcile
+def jobs(limit: int | None = None, *, sweep: str | None = None) -> list[Job]:
+    """Jobs of the current workspace, newest first (``sweep``: only the trials of that sweep id)."""
+    from workbench.backends import get_backend, reconcile
 
     workspace = Workspace.current()
     reconcile(workspace)  # a job whose supervisor died shows as failed, without a status() call
-    return [Job(r.id, workspace) for r in JobStore(workspace).list(limit)]
+    records = get_backend().records(workspace).list(None if sweep else limit)
+    if sweep is not None:
+        records = [r for r in records if r.spec.get("sweep") == sweep][:limit]
+    return [Job(r.id, workspace) for r in records]
 
 
 def tensorboard(job: Job | str | None = None) -> Any:
@@ -197,3 +206,44 @@ def prediction_summary(model: str | None = None, since: float | None = None) -> 
     from workbench.serving.predlog import summary
 
     return summary(model=model, since=since)
+
+
+# ---------------------------------------------------------------- comparison and sweeps (workbench.experiments)
+
+
+def runs(name: str | None = None, sweep: str | None = None, status: str | None = None) -> Any:
+    """Runs as a pandas DataFrame: id, name, status, sweep, params, final and best value of each scalar, duration.
+
+    See :func:`workbench.experiments.compare.runs`."""
+    from workbench.experiments.compare import runs as _runs
+
+    return _runs(name=name, sweep=sweep, status=status)
+
+
+def compare(runs: Any, metric: str) -> Any:
+    """Plot ``metric`` of several runs (Jobs, ids, a ``runs()`` DataFrame, a sweep) together; see
+    :func:`workbench.experiments.compare.compare`."""
+    from workbench.experiments.compare import compare as _compare
+
+    return _compare(runs, metric)
+
+
+def sweep(script: str, space: dict[str, Any], **options: Any) -> Any:
+    """Start a hyperparameter sweep whose trials are jobs; see :func:`workbench.experiments.sweep.sweep`."""
+    from workbench.experiments.sweep import sweep as _sweep
+
+    return _sweep(script, space, **options)
+
+
+def sweep_by_id(sweep_id: str) -> Any:
+    """The sweep with this id (or unique prefix), e.g. after a notebook restart."""
+    from workbench.experiments.sweep import sweep_by_id as _sweep_by_id
+
+    return _sweep_by_id(sweep_id)
+
+
+def sweeps() -> list[Any]:
+    """The workspace's sweeps, newest first."""
+    from workbench.experiments.sweep import sweeps as _sweeps
+
+    return _sweeps()

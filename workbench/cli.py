@@ -21,6 +21,12 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
     return env
 
 
+def _param_pairs(items: list[str]) -> dict[str, object]:
+    from workbench.params import parse_pairs
+
+    return dict(parse_pairs(items))
+
+
 def _age(t: float | None) -> str:
     if not t:
         return "-"
@@ -87,6 +93,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         env=_env_pairs(a.env or []),
         python=a.python,
         max_restarts=a.max_restarts,
+        params=_param_pairs(a.param or []),
         priority=a.priority,
         cpus=a.cpus,
     )
@@ -103,7 +110,7 @@ def _queue_positions() -> dict[str, int]:
     from workbench.backends import get_backend
     from workbench.workspace import Workspace
 
-    return get_backend("local").queue_positions(Workspace.current())
+    return get_backend().queue_positions(Workspace.current())  # none where a cluster schedules
 
 
 def _shown_status(job: Any, positions: dict[str, int]) -> str:
@@ -115,6 +122,9 @@ def _shown_status(job: Any, positions: dict[str, int]) -> str:
 def cmd_jobs(a: argparse.Namespace) -> int:
     from workbench import api
 
+    if a.params or a.metric or a.sweep:
+        return _jobs_compared(a)
+
     rows = api.jobs(limit=a.limit)
     positions = _queue_positions()
     print(f"{'ID':<44} {'STATUS':<10} {'FRAMEWORK':<10} {'REPLICAS':<8} {'CREATED':<19}  MESSAGE")
@@ -125,6 +135,36 @@ def cmd_jobs(a: argparse.Namespace) -> int:
         state = _shown_status(j, positions)
         print(f"{j.id:<44} {state:<10} {spec['framework']:<10} {n:<8} {_age(r.created):<19}  {r.message or ''}")
     return 0
+
+
+def _jobs_compared(a: argparse.Namespace) -> int:
+    """``workbench jobs --params --metric M [--sweep ID]``: a run per line with its params and M's final and best."""
+    from workbench.experiments.compare import find_tag, runs
+
+    table = runs(sweep=a.sweep).head(a.limit)
+    metrics: dict[str, list[tuple[int, float]]] = {tag: [] for tag in table.attrs.get("metrics", [])}
+    tag = find_tag(metrics, a.metric) if a.metric else None
+    header = f"{'ID':<44} {'STATUS':<10}"
+    if a.metric:
+        header += f" {'FINAL ' + a.metric:>24} {'BEST':>10}"
+    print(header + ("  PARAMS" if a.params else ""))
+    for row in table.to_dict("records"):
+        line = f"{row['id']:<44} {row['status']:<10}"
+        if a.metric:
+            final, best = (row.get(tag), row.get(f"{tag} best")) if tag else (None, None)
+            line += f" {_number(final):>24} {_number(best):>10}"
+        if a.params:
+            line += "  " + " ".join(f"{k}={row[k]}" for k in table.attrs.get("params", []) if not _missing(row[k]))
+        print(line)
+    return 0
+
+
+def _missing(value: object) -> bool:
+    return value is None or value != value  # NaN where another run has the column
+
+
+def _number(value: object) -> str:
+    return "-" if _missing(value) else f"{value:.4g}"
 
 
 def cmd_logs(a: argparse.Namespace) -> int:
@@ -357,6 +397,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
     s.add_argument("--python", help="interpreter, venv or named environment")
     s.add_argument("--max-restarts", type=int, default=0)
+    s.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a hyperparameter (repeatable): JSON when it parses (0.01, true), else a string; the script gets "
+        "--NAME VALUE and WORKBENCH_PARAMS",
+    )
     s.add_argument("--priority", type=int, default=0, help="local queue: higher starts first (default 0)")
     s.add_argument("--cpus", type=int, help="local queue: CPU slots the job holds (default: one per replica)")
     s.add_argument("-f", "--follow", action="store_true", help="stream logs until the job ends")
@@ -364,6 +411,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("jobs", help="list jobs, newest first")
     s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--params", action="store_true", help="show each run's params")
+    s.add_argument("--metric", help="show this scalar's final and best value (a tag, its last part, val_accuracy)")
+    s.add_argument("--sweep", help="only the trials of this sweep")
     s.set_defaults(fn=cmd_jobs)
 
     s = sub.add_parser("logs", help="a job's replica logs")

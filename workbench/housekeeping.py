@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from workbench.backends import get_backend
 from workbench.errors import WorkbenchError
 from workbench.store import FINAL_STATES, JobRecord, JobStore
 from workbench.workspace import Workspace
@@ -29,7 +30,7 @@ def delete(workspace: Workspace, job_id: str) -> str:
     Refuses a job that has not ended (cancel it first). The folder is first renamed to a hidden name, which no
     listing or database rebuild reads, so an interrupted delete never brings the job back half-removed. Returns
     the job's id."""
-    store = JobStore(workspace)
+    store = get_backend().records(workspace)
     record = store.get(job_id)
     if record.state not in FINAL_STATES:
         raise WorkbenchError(
@@ -39,7 +40,8 @@ def delete(workspace: Workspace, job_id: str) -> str:
     doomed = run.with_name(f".deleting-{record.id}")
     if run.exists():
         run.rename(doomed)
-    store.delete(record.id)
+    if isinstance(store, JobStore):  # on Kubernetes run.json is the record: gone with the folder (Jobs expire by TTL)
+        store.delete(record.id)
     shutil.rmtree(doomed, ignore_errors=True)
     return record.id
 
@@ -51,7 +53,7 @@ def gc(workspace: Workspace, keep: int | None = None, older_than: float | None =
         return []
     if keep is not None and keep < 0:
         raise WorkbenchError(f"--keep must be 0 or more, got {keep}")
-    finished = [r for r in JobStore(workspace).list() if r.state in FINAL_STATES]  # newest first
+    finished = [r for r in get_backend().records(workspace).list() if r.state in FINAL_STATES]  # newest first
     now = time.time()
     doomed = [
         r

@@ -7,9 +7,9 @@ import time
 from typing import TextIO
 
 from workbench.backends import get_backend
-from workbench.backends.base import Backend
+from workbench.backends.base import Backend, JobRecords
 from workbench.checkpoints import Checkpoint, list_checkpoints
-from workbench.store import FINAL_STATES, JobRecord, JobStore
+from workbench.store import FINAL_STATES, JobRecord
 from workbench.workspace import RunPaths, Workspace
 
 
@@ -18,14 +18,19 @@ class Job:
 
     def __init__(self, job_id: str, workspace: Workspace | None = None):
         self.workspace = workspace or Workspace.current()
-        self.id = JobStore(self.workspace).get(job_id).id  # raises JobNotFound; accepts a unique prefix
+        self.id = self._records().get(job_id).id  # raises JobNotFound; accepts a unique prefix
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, status={self.status()!r})"
 
     @property
     def record(self) -> JobRecord:
-        return JobStore(self.workspace).get(self.id)
+        return self._records().get(self.id)
+
+    def _records(self) -> JobRecords:
+        """The configured backend's records (WORKBENCH_BACKEND): a SQLite job store locally, the cluster on
+        Kubernetes."""
+        return get_backend().records(self.workspace)
 
     @property
     def paths(self) -> RunPaths:
@@ -36,7 +41,7 @@ class Job:
         return self.record.name
 
     def _backend(self) -> Backend:
-        return get_backend(self.record.backend)
+        return get_backend()  # the one whose records these are
 
     def status(self) -> str:
         """One of "queued", "running", "succeeded", "failed", "cancelled"."""

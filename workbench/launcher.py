@@ -11,9 +11,10 @@ from workbench import gpus
 from workbench.backends import get_backend
 from workbench.conventions import replicas
 from workbench.errors import WorkbenchError
+from workbench.params import write_hparams
 from workbench.snapshot import lineage, snapshot
 from workbench.spec import JobSpec
-from workbench.store import JobRecord, JobStore
+from workbench.store import JobRecord
 from workbench.workspace import Workspace, write_json_atomic
 
 
@@ -34,7 +35,7 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
     compute = [r for r in replicas(spec.roles()) if r.role in ("worker", "chief")]
     if runner.name == "local":
         gpus.assign(spec.gpus, len(compute))  # too many GPUs is an error now, not in the job's log
-    store = JobStore(workspace)
+    store = runner.records(workspace)
     store.list(limit=1)  # a corrupt database fails here, before any run dir exists
 
     run_id = new_run_id(spec.name or "job")
@@ -45,6 +46,8 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
         for d in (staging.logs, staging.tb, staging.checkpoints):
             d.mkdir(parents=True, exist_ok=True)
         created = time.time()
+        if spec.params:  # TensorBoard's HPARAMS tab, also for scripts that never look at their params
+            write_hparams(staging.tb, spec.params, run_id, created)
         write_json_atomic(
             staging.run_json,
             {
@@ -52,7 +55,8 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
                 "name": spec.name,
                 "backend": runner.name,
                 "spec": spec.to_dict(),
-                "params": list(spec.args),
+                "params": dict(spec.params),
+                "sweep": spec.sweep,
                 "lineage": lineage(Path(spec.script), code_hash, spec.python or ""),
                 "created": created,
                 "state": "queued",

@@ -65,3 +65,50 @@ def record_checkpoint(path: str | Path, step: int, **metrics: float) -> None:
     entry["metrics"] = {k: float(v) for k, v in metrics.items()}
     with open(path.parent / INDEX, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+def params() -> dict[str, Any]:
+    """The job's params (``submit(params=...)``, from ``WORKBENCH_PARAMS``), plus those this script logged with
+    :func:`log_params`; ``{}`` outside a job. They also arrive as ``--NAME VALUE`` arguments."""
+    from workbench.params import logged
+
+    found: dict[str, Any] = json.loads(os.environ.get(settings.PARAMS_VAR) or "{}")
+    root = _run_root()
+    return {**found, **(logged(root) if root else {})}
+
+
+def log_params(values: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+    """Record params the script chose itself (defaults, derived values) beside those it was given, in
+    ``runs/<id>/params.json`` (``wb.runs()`` shows them). Values: bool, int, float or str. Only the chief replica
+    writes; returns every param of the run.
+
+    TensorBoard keeps the first HParams summary of a run and ignores later ones, so they go to TensorBoard only
+    when the run has none yet (the job was submitted without params): then log them once, all together."""
+    from workbench.params import LOGGED, checked, has_hparams, write_hparams
+
+    new = checked({**(values or {}), **more})
+    ctx = context()
+    merged = {**params(), **new}
+    if not ctx.is_chief:
+        return merged
+    root = _run_root()
+    if root is not None:
+        from workbench.params import logged
+        from workbench.workspace import write_json_atomic
+
+        write_json_atomic(root / LOGGED, {**logged(root), **new})
+    try:
+        if not has_hparams(ctx.log_dir):
+            write_hparams(ctx.log_dir, merged, ctx.run_id)
+    except ImportError:  # an environment without tensorboard (e.g. a framework's own venv): params.json has them
+        pass
+    return merged
+
+
+def _run_root() -> Path | None:
+    env = os.environ
+    if env.get(settings.WORKSPACE_VAR) and env.get(settings.RUN_ID_VAR):
+        from workbench.workspace import Workspace
+
+        return Workspace(Path(env[settings.WORKSPACE_VAR])).run(env[settings.RUN_ID_VAR]).root
+    return None

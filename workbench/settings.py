@@ -48,7 +48,17 @@ SERVE_LOAD_YIELD = Setting(
     "WORKBENCH_SERVE_LOAD_YIELD", "1,2", "while serving traffic, a version loads in slices: run ms, pause ms (0: off)"
 )
 SERVE_LOG_SAMPLE = Setting(
-    "WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to state/predictions.sqlite"
+    "WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to the prediction log (WORKBENCH_SERVE_LOG_DB)"
+)
+SERVE_LOG_DB = Setting(
+    "WORKBENCH_SERVE_LOG_DB",
+    "",
+    "prediction log database: a postgresql:// URL; empty: the workspace's state/predictions.sqlite",
+)
+SERVE_LOG_QUEUE = Setting(
+    "WORKBENCH_SERVE_LOG_QUEUE",
+    "10000",
+    "sampled predictions held per server process while the log database is slow or down",
 )
 JUPYTER_TOKEN = Setting(
     "WORKBENCH_JUPYTER_TOKEN", "", "JupyterLab token of `workbench up` (empty: random); never in argv"
@@ -137,6 +147,7 @@ WORKSPACE_VAR = WORKSPACE.name
 ROLE_VAR = "WORKBENCH_ROLE"
 REPLICA_INDEX_VAR = "WORKBENCH_REPLICA_INDEX"
 ATTEMPT_VAR = "WORKBENCH_ATTEMPT"
+PARAMS_VAR = "WORKBENCH_PARAMS"  # JSON object of the job's params (also given as --NAME VALUE arguments)
 # Set in Kubernetes pods for workbench.backends.kubernetes.entrypoint, which derives the replica's environment.
 CLUSTER_VAR = "WORKBENCH_CLUSTER"  # JSON: role -> ["host:port", ...] of every replica
 FRAMEWORK_VAR = "WORKBENCH_FRAMEWORK"  # the job's framework (tensorflow, pytorch, mxnet, none)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 from workbench import environments
 from workbench.errors import SpecError
+from workbench.params import checked as checked_params
 
 FRAMEWORKS = ("tensorflow", "pytorch", "mxnet", "none")
 
@@ -32,6 +34,9 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     python: str | None = None
     max_restarts: int = 0
+    # Hyperparameters (workbench.params): passed as --NAME VALUE after args and as WORKBENCH_PARAMS JSON.
+    params: dict[str, Any] = field(default_factory=dict)
+    sweep: str | None = None  # id of the sweep this job is a trial of (workbench.experiments.sweep)
     # The local queue (docs/jobs.md): higher priority starts first; cpus: CPU slots held (default: one per replica).
     priority: int = 0
     cpus: int | None = None
@@ -73,6 +78,7 @@ class JobSpec:
             raise SpecError("env must map variable names to string values")
         if self.name is not None and not str(self.name).strip():
             raise SpecError("name must not be empty")
+        params = checked_params(self.params)
         return JobSpec(
             script=str(script.resolve()),
             args=tuple(str(a) for a in self.args),
@@ -84,6 +90,8 @@ class JobSpec:
             env=dict(self.env),
             python=resolve_python(self.python, self.framework),
             max_restarts=self.max_restarts,
+            params=params,
+            sweep=self.sweep,
             priority=self.priority,
             cpus=self.cpus,
         )
@@ -94,9 +102,22 @@ class JobSpec:
         if self.cpus is not None and (not isinstance(self.cpus, int) or isinstance(self.cpus, bool) or self.cpus < 1):
             raise SpecError(f"cpus must be a whole number of CPU slots, at least 1, got {self.cpus!r}")
 
+    def command_args(self) -> list[str]:
+        """What follows the script on each replica's command line: ``args``, then ``--NAME VALUE`` per param."""
+        from workbench.params import as_args
+
+        return [*self.args, *as_args(self.params)]
+
+    def command_env(self) -> dict[str, str]:
+        """The job's own variables for each replica: ``env``, plus ``WORKBENCH_PARAMS`` when it has params."""
+        from workbench import settings
+
+        return {**self.env, **({settings.PARAMS_VAR: json.dumps(self.params)} if self.params else {})}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["args"] = list(self.args)
+        d["params"] = dict(self.params)
         return d
 
     @classmethod

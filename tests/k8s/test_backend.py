@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,7 @@ from workbench.backends import get_backend
 from workbench.backends.kubernetes import entrypoint, incluster, manifests
 from workbench.backends.kubernetes.client import default_namespace
 from workbench.spec import JobSpec
-from workbench.store import JobStore
-from workbench.workspace import Workspace, read_json
+from workbench.workspace import read_json, write_json_atomic
 
 pytestmark = pytest.mark.k8s
 
@@ -89,8 +89,8 @@ def test_api_errors_become_workbench_errors_and_nothing_is_left_behind(fake: Fak
         submit(script, workers=2)
     assert "403" in str(caught.value)
     assert fake.names("services") == [] and fake.names("jobs") == []  # the Service created first was removed
-    (record,) = JobStore(Workspace.current()).list()
-    assert record.state == "failed" and "could not start" in (record.message or "")
+    (job,) = wb.jobs()
+    assert job.status() == "failed" and "could not start" in (job.message or "")
 
 
 def test_an_unreachable_api_is_a_clear_error(
@@ -199,6 +199,66 @@ def test_a_job_deleted_outside_the_workbench_is_failed(fake: FakeApiServer, scri
     fake.objects.pop(("jobs", "ml", manifests.job_name(job.id, "worker")))
     assert job.status() == "failed"
     assert "Kubernetes Job of worker is gone" in (job.message or "")
+
+
+def _api_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_state_replicas_and_times_come_from_the_cluster_and_no_job_store_is_written(
+    fake: FakeApiServer, script: Path, workspace: Path
+) -> None:
+    job = submit(script, workers=2)
+    run_json = job.paths.run_json
+    name = manifests.job_name(job.id, "worker")
+    pods = fake.make_pods(name, "Running")
+    for pod in pods:
+        fake.set_pod(pod, "Running")
+    assert job.status() == "running" and job.message == "2 replica(s) running"
+    first = min(
+        _api_time(fake.get("pods", p)["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]) for p in pods
+    )
+    assert job.record.started == first
+    assert read_json(run_json)["state"] == "queued"  # what the cluster says is not copied anywhere
+    data = read_json(run_json)
+    write_json_atomic(run_json, {**data, "state": "running", "message": "stale"})
+    fake.set_pod(pods[1], "Pending")
+    fake.objects.pop(("pods", "ml", pods[1]))  # the pod of worker-1 is gone and none replaces it yet
+    assert job.status() == "queued" and "worker-1: no pod yet" in (
+        job.message or ""
+    )  # run.json's words count for nothing
+    fake.make_pods(name, "Running", indexes=[1])
+    fake.set_job_condition(name, "SuccessCriteriaMet", "CompletionsReached")
+    decided = _api_time(fake.get("jobs", name)["status"]["conditions"][0]["lastTransitionTime"])
+    assert wb.job(job.id[:12]).wait(timeout=10) == "succeeded"  # another handle, by id prefix
+    assert job.record.ended == decided
+    assert read_json(run_json)["state"] == "succeeded" and read_json(run_json)["ended"] == decided
+    assert [j.id for j in wb.jobs()] == [job.id]
+    second = submit(script, workers=1)
+    assert [j.id for j in wb.jobs()] == [second.id, job.id]  # newest first
+    assert second.cancel() == "cancelled" and second.status() == "cancelled"
+    assert job.cancel() == "succeeded"  # an ended job stays as it ended
+    assert sorted(p.name for p in (workspace / "state").iterdir()) == []  # no job database, no lock files
+    assert list(workspace.rglob("*.sqlite*")) == []
+
+
+def test_a_cancel_another_process_began_is_finished_by_the_next_status(fake: FakeApiServer, script: Path) -> None:
+    job = submit(script, workers=1)
+    fake.make_pods(manifests.job_name(job.id, "worker"), "Running")
+    data = read_json(job.paths.run_json)
+    write_json_atomic(job.paths.run_json, {**data, "cancel_requested": True})  # that process stopped there
+    assert job.status() == "cancelled" and job.message == "cancelled by request"
+    assert fake.names("jobs") == fake.names("pods") == fake.names("services") == []
+
+
+def test_a_local_job_is_not_followed_as_a_kubernetes_one(
+    fake: FakeApiServer, script: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = submit(script, workers=1)
+    data = read_json(job.paths.run_json)
+    write_json_atomic(job.paths.run_json, {**data, "backend": "local"})
+    with pytest.raises(wb.JobNotFound, match="ran with the local backend.*WORKBENCH_BACKEND=local"):
+        wb.job(job.id)
 
 
 # --- cancel ------------------------------------------------------------------------------------

@@ -70,6 +70,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "minimal": {"serving": {"enabled": False}, "networkPolicy": {"enabled": False}},
+    "postgresql-bundled": {
+        "predictionLog": {"sample": 0.1, "postgresql": {"bundled": True}},
+        "serving": {"replicas": 2},
+    },
+    "postgresql-existing": {
+        "predictionLog": {"sample": 1, "postgresql": {"existingSecret": "monitoring-db"}},
+        "serving": {"autoscaling": {"enabled": True}},
+    },
 }
 
 POD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod"}
@@ -425,6 +433,41 @@ def test_serving_engines(rendered: dict[tuple[str, str], Path]) -> None:
     assert not [d for d in docs_of(rendered, "minimal") if d["metadata"]["name"].endswith("-serving")]
 
 
+def test_prediction_log_database(rendered: dict[tuple[str, str], Path]) -> None:
+    import base64
+
+    docs = docs_of(rendered, "defaults")  # the workspace's SQLite file, nothing logged until sample is set
+    server = env(container(find(docs, "Deployment", "-serving"), "server"))
+    assert server["WORKBENCH_SERVE_LOG_SAMPLE"] == "0" and "WORKBENCH_SERVE_LOG_DB" not in server
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-postgresql")]
+
+    docs = docs_of(rendered, "postgresql-bundled")
+    sts = find(docs, "StatefulSet", "-postgresql")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    db = container(sts, "postgresql")
+    assert env(db)["PGDATA"].startswith(db["volumeMounts"][0]["mountPath"] + "/")
+    assert find(docs, "Service", "-postgresql")["spec"]["ports"] == [
+        {"name": "postgresql", "port": 5432, "targetPort": "postgresql"}
+    ]
+    secret = {k: base64.b64decode(v).decode() for k, v in find(docs, "Secret", "-postgresql")["data"].items()}
+    assert len(secret["password"]) == 32
+    assert secret["url"] == f"postgresql://workbench:{secret['password']}@wb-workbench-postgresql:5432/workbench"
+    ref = {"secretKeyRef": {"name": "wb-workbench-postgresql", "key": "url"}}
+    server = env(container(find(docs, "Deployment", "-serving"), "server"))
+    assert server["WORKBENCH_SERVE_LOG_SAMPLE"] == "0.1" and server["WORKBENCH_SERVE_LOG_DB"] == ref
+    assert env(container(find(docs, "Deployment", "-jupyter"), "jupyter"))["WORKBENCH_SERVE_LOG_DB"] == ref
+    policy = find(docs, "NetworkPolicy", "-postgresql")["spec"]["ingress"][0]
+    assert policy["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    assert policy["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "workbench", "app.kubernetes.io/instance": "wb"}}}
+    ]
+
+    docs = docs_of(rendered, "postgresql-existing")  # a server of the user's: only its Secret is referred to
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-postgresql")]
+    server = env(container(find(docs, "Deployment", "-serving"), "server"))
+    assert server["WORKBENCH_SERVE_LOG_DB"] == {"secretKeyRef": {"name": "monitoring-db", "key": "url"}}
+
+
 def test_helm_test_hook_checks_each_service(rendered: dict[tuple[str, str], Path]) -> None:
     for name, expected in (
         (
@@ -488,6 +531,15 @@ BAD_VALUES = [
     ),
     (["--set", "serving.engine=tfserving"], "serving.tfserving.models is required with serving.engine=tfserving"),
     (["--set", "ingress.enabled=true"], "ingress.host is required when ingress.enabled is true"),
+    (
+        ["--set", "predictionLog.postgresql.bundled=true", "--set", "predictionLog.postgresql.existingSecret=db"],
+        "predictionLog.postgresql: set existingSecret (a server you run) or bundled (one in this release), not both",
+    ),
+    (
+        ["--set-json", "predictionLog.sample=0.5", "--set", "serving.replicas=2"],
+        "predictionLog.sample > 0 with several serving pods needs PostgreSQL",
+    ),
+    (["--set-json", "predictionLog.sample=2"], "at '/predictionLog/sample': maximum"),
     (
         [
             "--set",

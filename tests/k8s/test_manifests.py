@@ -317,3 +317,14 @@ def test_names_are_valid_dns_labels_even_for_odd_run_ids(run_id: str) -> None:
         assert job["metadata"]["annotations"][manifests.RUN_ID_ANNOTATION] == run_id
     other = manifests.base_name(run_id + "x")
     assert other != manifests.base_name(run_id)
+
+
+def test_params_reach_every_pod_as_arguments_and_workbench_params() -> None:
+    spec = JobSpec(
+        script=str(LENET), args=("--epochs", "1"), framework="tensorflow", workers=2, params={"lr": 0.01, "opt": "sgd"}
+    ).validated()
+    for job in jobs_of(manifests.render(RUN, spec, CONFIG)).values():
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["args"][1:] == ["--epochs", "1", "--lr", "0.01", "--opt", "sgd"]
+        for index in range(job["spec"]["completions"]):
+            assert json.loads(replica_env(job, index)["WORKBENCH_PARAMS"]) == {"lr": 0.01, "opt": "sgd"}

@@ -258,7 +258,7 @@ def requirement_sets(wheel: Path) -> list[tuple[list[str], str, bool]]:
     tf, torch, mxnet = (dockerfile_args(n) for n in ("trainer-tensorflow", "trainer-pytorch", "trainer-mxnet"))
     jupyter, tensorboard, serving = (dockerfile_args(n) for n in ("jupyter", "tensorboard", "serving"))
     together = [
-        f"{wheel}[jupyter,kubernetes]",
+        f"{wheel}[jupyter,kubernetes,postgres]",
         tf["TF_PACKAGE"],
         torch["TORCH_PACKAGE"],
         *jupyter["JUPYTER_PACKAGES"].split(),
@@ -268,6 +268,7 @@ def requirement_sets(wheel: Path) -> list[tuple[list[str], str, bool]]:
         (tensorboard["PACKAGES"].split(), "", True),
         ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"], True),
         (serving["GRPC_PROTOS"].split(), "", False),
+        (serving["LOG_DB_PACKAGES"].split(), "", True),
     ]
 
 

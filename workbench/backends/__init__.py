@@ -43,10 +43,10 @@ def get_backend(name: str | None = None) -> Backend:
 def reconcile(workspace: Workspace) -> None:
     """Let each backend settle the active jobs it runs (a dead local supervisor's job is failed, its replicas
     stopped), so that a listing never shows a dead job as running."""
-    from workbench.store import FINAL_STATES, JobStore
+    from workbench.store import FINAL_STATES
 
     active: dict[str, list[JobRecord]] = {}
-    for record in JobStore(workspace).list():
+    for record in get_backend().records(workspace).list():  # the configured backend's: no job store on Kubernetes
         if record.state not in FINAL_STATES:
             active.setdefault(record.backend, []).append(record)
     for name, records in active.items():

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workbench.spec import JobSpec
 from workbench.store import JobRecord
 from workbench.workspace import Workspace
 
+if TYPE_CHECKING:
+    from workbench.store import JobRecord
+
+
+class JobRecords(Protocol):
+    """Where a backend keeps its job records: :class:`workbench.store.JobStore` (SQLite) by default."""
+
+    def get(self, job_id: str) -> JobRecord: ...
+    def list(self, limit: int | None = None) -> list[JobRecord]: ...
+    def insert(self, record: JobRecord) -> None: ...
+    def update(self, job_id: str, **fields: Any) -> None: ...
+    def transition(self, job_id: str, state: str, message: str | None = None, **fields: Any) -> bool: ...
+
 
 class Backend(abc.ABC):
     """Runs the replicas of a job somewhere and reports on them.
 
-    Job records (id, spec, state) live in the workspace's job store for every
-    backend; a backend starts replicas, keeps the record's state true, and
-    stops them.
+    Job records (id, spec, state) live where :meth:`records` says: the
+    workspace's job store unless the backend has a better source (the
+    Kubernetes API); a backend starts replicas, keeps the record's state true,
+    and stops them.
     """
 
     name: str
+
+    def records(self, workspace: Workspace) -> JobRecords:
+        """The job records of this backend's jobs in ``workspace``."""
+        from workbench.store import JobStore
+
+        return JobStore(workspace)
 
     @abc.abstractmethod
     def submit(self, workspace: Workspace, job_id: str, spec: JobSpec) -> None:

@@ -127,8 +127,8 @@ class ServerMetrics:
     def batch(self, model: str, version: int, rows: int) -> None:
         self.batch_size.labels(model, str(version)).observe(rows)
 
-    def dropped(self) -> None:
-        self.log_dropped.inc()
+    def dropped(self, count: int = 1) -> None:
+        self.log_dropped.inc(count)
 
     # ---------------------------------------------------------------- exposition
 

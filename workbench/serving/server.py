@@ -107,7 +107,7 @@ def create_app() -> Any:
 
     from workbench.serving.metrics import ServerMetrics
     from workbench.serving.model.repository import ModelRepository
-    from workbench.serving.predlog import PredictionLog, db_path
+    from workbench.serving.predlog import open_log
     from workbench.serving.transport.http import HTTPApp, Limits
 
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
@@ -126,7 +126,7 @@ def create_app() -> Any:
     sample = float(settings.SERVE_LOG_SAMPLE.get())
     metrics = ServerMetrics(log_sample=sample)
     if sample > 0:
-        metrics.prediction_log = PredictionLog(db_path(ws), on_drop=metrics.dropped)
+        metrics.prediction_log = open_log(ws, on_drop=metrics.dropped)
     repo = ModelRepository(
         ws,
         metrics,

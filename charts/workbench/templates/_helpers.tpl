@@ -117,6 +117,20 @@ the bucket-scoped user. */}}
 {{- end }}
 {{- end -}}
 
+{{/* The prediction log's PostgreSQL: a Secret named by the user (key url), or the bundled server's. */}}
+{{- define "workbench.logDb" -}}
+{{- $pg := .Values.predictionLog.postgresql -}}
+{{- if $pg.existingSecret -}}{{ $pg.existingSecret }}{{- else if $pg.bundled -}}{{ printf "%s-postgresql" (include "workbench.fullname" .) }}{{- end -}}
+{{- end -}}
+
+{{/* WORKBENCH_SERVE_LOG_DB for a container, when the prediction log goes to PostgreSQL (else: the workspace's SQLite). */}}
+{{- define "workbench.logDbEnv" -}}
+{{- with include "workbench.logDb" . -}}
+- name: WORKBENCH_SERVE_LOG_DB
+  valueFrom: {secretKeyRef: {name: {{ . }}, key: url}}
+{{- end }}
+{{- end -}}
+
 {{/* requests/limits plus nvidia.com/gpu; call with (dict "resources" ... "gpus" N). */}}
 {{- define "workbench.resources" -}}
 {{- $r := deepCopy (.resources | default dict) -}}
@@ -160,6 +174,13 @@ imagePullSecrets:
 {{- end -}}
 {{- if and $v.ingress.enabled (not $v.ingress.host) -}}
 {{- fail "ingress.host is required when ingress.enabled is true: the DNS name JupyterLab is served at" -}}
+{{- end -}}
+{{- $pg := $v.predictionLog.postgresql -}}
+{{- if and $pg.existingSecret $pg.bundled -}}
+{{- fail "predictionLog.postgresql: set existingSecret (a server you run) or bundled (one in this release), not both" -}}
+{{- end -}}
+{{- if and $v.serving.enabled (gt (float64 $v.predictionLog.sample) 0.0) (not (include "workbench.logDb" .)) (or $v.serving.autoscaling.enabled (gt (int $v.serving.replicas) 1)) -}}
+{{- fail "predictionLog.sample > 0 with several serving pods needs PostgreSQL (predictionLog.postgresql.existingSecret or .bundled): the workspace's SQLite file does not work over a network filesystem" -}}
 {{- end -}}
 {{- $a := .Values.serving.autoscaling -}}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}

@@ -1,31 +1,37 @@
 """KubernetesBackend: submit, status, cancel and logs of jobs whose replicas are pods.
 
-The job record stays in the workspace's job store, as for every backend
-(``launcher.submit`` writes it); the cluster is the truth about what runs, and
-:meth:`KubernetesBackend.status` reconciles the record with it. Which namespace
-a run's objects live in is kept in its ``run.json``, so any process sharing
-the workspace can follow the job.
+The cluster is the truth about a job: its state, replicas and timestamps come from its Jobs and Pods
+(:mod:`.state`), and its record from the run's ``run.json`` (:mod:`.records`); no job database is written.
+Which namespace a run's objects live in is kept in its ``run.json``, so any process sharing the workspace can
+follow the job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from workbench.backends.base import Backend
 from workbench.backends.kubernetes import manifests
 from workbench.backends.kubernetes.client import Cluster, default_namespace, load_configuration
 from workbench.backends.kubernetes.logs import replica_lines
+from workbench.backends.kubernetes.records import RunRecords
 from workbench.backends.kubernetes.state import Observed, observe
 from workbench.conventions import replicas
 from workbench.spec import JobSpec
-from workbench.store import FINAL_STATES, JobRecord, JobStore
+from workbench.store import FINAL_STATES
 from workbench.workspace import Workspace, read_json, write_json_atomic
 
 RUN_JSON_KEY = "kubernetes"
+CANCELLED = "cancelled by request"
 
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+
+    def records(self, workspace: Workspace) -> RunRecords:
+        """Records from run.json and the cluster: no job database on the shared volume."""
+        return RunRecords(workspace, lambda run_id, data: self._observe(workspace, run_id, data))
 
     def submit(self, workspace: Workspace, job_id: str, spec: JobSpec) -> None:
         """Create the run's Service and Jobs; on any failure, delete what was created and raise."""
@@ -45,36 +51,40 @@ class KubernetesBackend(Backend):
                 raise
 
     def status(self, workspace: Workspace, job_id: str) -> str:
-        store = JobStore(workspace)
-        record = store.get(job_id)
+        return self.records(workspace).get(job_id).state
+
+    def cancel(self, workspace: Workspace, job_id: str) -> str:
+        """Delete the run's Jobs (their pods first: Foreground propagation) and Service; the job is cancelled.
+
+        The request is written first, so a process that finds the Jobs gone meanwhile knows why."""
+        records = self.records(workspace)
+        record = records.get(job_id)
         if record.state in FINAL_STATES:
             return record.state
-        spec = JobSpec.from_dict(record.spec)
-        selector = manifests.selector(job_id)
-        with Cluster(self._namespace(workspace, job_id)) as cluster:
+        records.update(record.id, cancel_requested=True)
+        with Cluster(self._namespace(workspace, record.id)) as cluster:
+            self._delete(cluster, record.id, JobSpec.from_dict(record.spec))
+        records.transition(record.id, "cancelled", CANCELLED)
+        return records.get(record.id).state
+
+    def _observe(self, workspace: Workspace, run_id: str, data: dict[str, Any]) -> Observed:
+        """What the cluster says about a run that has not ended; once it has, stop what still runs."""
+        spec = JobSpec.from_dict(data["spec"])
+        selector = manifests.selector(run_id)
+        with Cluster(self._namespace(workspace, run_id)) as cluster:
+            if data.get("cancel_requested"):  # a cancel another process started and did not finish
+                self._delete(cluster, run_id, spec)
+                return Observed("cancelled", CANCELLED)
             observed = observe(spec, cluster.jobs(selector), cluster.pods(selector))
-            if store.get(job_id).cancel_requested:
-                return self._cancel(cluster, store, job_id, spec)
             if observed.state in FINAL_STATES:
                 # As locally, the job ends as a whole: stop helpers (ps) and peers of a failed replica.
                 for name in observed.unfinished:
                     cluster.delete("Job", name)
-                cluster.delete("Service", manifests.service_name(job_id), "Background")
-        self._record(store, record, observed)
-        return store.get(job_id).state
-
-    def cancel(self, workspace: Workspace, job_id: str) -> str:
-        """Delete the run's Jobs (their pods first: Foreground propagation) and Service; the job is cancelled."""
-        store = JobStore(workspace)
-        store.update(job_id, cancel_requested=1)
-        record = store.get(job_id)
-        if record.state in FINAL_STATES:
-            return record.state
-        with Cluster(self._namespace(workspace, job_id)) as cluster:
-            return self._cancel(cluster, store, job_id, JobSpec.from_dict(record.spec))
+                cluster.delete("Service", manifests.service_name(run_id), "Background")
+        return observed
 
     def log_sources(self, workspace: Workspace, job_id: str) -> dict[str, Iterator[str]]:
-        spec = JobSpec.from_dict(JobStore(workspace).get(job_id).spec)
+        spec = JobSpec.from_dict(self.records(workspace).get(job_id).spec)
         namespace = self._namespace(workspace, job_id)
         configuration = load_configuration()
         paths = workspace.run(job_id)
@@ -85,22 +95,10 @@ class KubernetesBackend(Backend):
             for r in replicas(spec.roles())
         }
 
-    def _cancel(self, cluster: Cluster, store: JobStore, job_id: str, spec: JobSpec) -> str:
+    def _delete(self, cluster: Cluster, run_id: str, spec: JobSpec) -> None:
         for role in spec.roles():
-            cluster.delete("Job", manifests.job_name(job_id, role), "Foreground")
-        cluster.delete("Service", manifests.service_name(job_id), "Background")
-        store.transition(job_id, "cancelled", "cancelled by request")
-        return store.get(job_id).state
-
-    def _record(self, store: JobStore, record: JobRecord, observed: Observed) -> None:
-        state = observed.state
-        if state == "queued" and record.state == "running":
-            state = "running"  # a replica being restarted does not send the job back to the queue
-        message = observed.message if state == observed.state else record.message
-        if state != record.state:
-            store.transition(record.id, state, message, attempt=observed.attempt)
-        elif (message, observed.attempt) != (record.message, record.attempt):
-            store.update(record.id, message=message, attempt=observed.attempt)
+            cluster.delete("Job", manifests.job_name(run_id, role), "Foreground")
+        cluster.delete("Service", manifests.service_name(run_id), "Background")
 
     def _remember(self, workspace: Workspace, job_id: str, namespace: str, objects: list[manifests.Manifest]) -> None:
         path = workspace.run(job_id).run_json

@@ -229,7 +229,7 @@ def _container(run_id: str, spec: JobSpec, role: str, config: PodConfig, gpus: i
         "imagePullPolicy": config.pull_policy,
         # Code comes from the run's snapshot in the workspace, never from a per-job image.
         "command": list(ENTRYPOINT),
-        "args": [str(paths.code / Path(spec.script).name), *spec.args],
+        "args": [str(paths.code / Path(spec.script).name), *spec.command_args()],
         "workingDir": str(paths.code),
         "env": _env(run_id, spec, role, config),
         "ports": [{"name": "replica", "containerPort": config.port, "protocol": "TCP"}],
@@ -258,7 +258,7 @@ def _env(run_id: str, spec: JobSpec, role: str, config: PodConfig) -> list[Manif
         *_s3_env(config),
     ]
     taken = {e["name"] for e in ours}
-    user = [{"name": k, "value": v} for k, v in spec.env.items() if k not in taken]  # ours win, as locally
+    user = [{"name": k, "value": v} for k, v in spec.command_env().items() if k not in taken]  # ours win, as locally
     return user + ours
 
 

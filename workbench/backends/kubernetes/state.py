@@ -1,13 +1,15 @@
 """Job and Pod conditions -> the workbench's job state (queued, running, succeeded, failed).
 
 Pure functions over the API's objects as plain dicts, so every rule here is
-tested without a cluster. Cancellation is not observed here: it is the
-backend's own act, recorded in the job store.
+tested without a cluster. The cluster is the only source: nothing here reads
+what an earlier observation concluded. Cancellation is not observed here: it is
+the backend's own act, recorded in the run's ``run.json``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from workbench import conventions
@@ -16,23 +18,27 @@ from workbench.backends.kubernetes.manifests import FAILURES_ANNOTATION, INDEX_A
 from workbench.spec import JobSpec
 
 Obj = dict[str, Any]
-STARTED_PHASES = ("Running", "Succeeded")
+STARTED_PHASES = ("Running", "Succeeded", "Failed")
 
 
 @dataclass(frozen=True)
 class Observed:
-    """What the cluster says about a job; ``unfinished`` names the Jobs to stop once the job is decided."""
+    """What the cluster says about a job; ``unfinished`` names the Jobs to stop once the job is decided.
+    ``started``: when its first pod started (once every replica has); ``ended``: when the Job controller decided."""
 
     state: str
     message: str
     attempt: int = 0
     unfinished: tuple[str, ...] = ()
+    started: float | None = None
+    ended: float | None = None
 
 
 def observe(spec: JobSpec, jobs: list[Obj], pods: list[Obj]) -> Observed:
     """The job's state from its Jobs (one per role) and their Pods."""
     by_role = {_labels(j).get(ROLE_LABEL, ""): j for j in jobs}
     attempt = max((_failures(p) for p in pods), default=0)
+    started = min(filter(None, (_started(p) for p in pods)), default=None)
     missing = [role for role in spec.roles() if role not in by_role]
     if missing:
         return Observed(
@@ -40,16 +46,21 @@ def observe(spec: JobSpec, jobs: list[Obj], pods: list[Obj]) -> Observed:
             f"the Kubernetes Job of {', '.join(missing)} is gone (deleted outside the workbench, or expired)",
             attempt,
             _unfinished(by_role),
+            started,
         )
     for role, job in by_role.items():
         if _condition(job, "Failed") or _condition(job, "FailureTarget"):
-            return Observed("failed", _failure(role, job, pods), attempt, _unfinished(by_role))
-    if all(_succeeded(by_role[role]) for role in completion_roles(spec.framework, spec.roles())):
-        return Observed("succeeded", "all replicas finished", attempt, _unfinished(by_role))
+            ended = _decided(job, ("Failed", "FailureTarget"))
+            return Observed("failed", _failure(role, job, pods), attempt, _unfinished(by_role), started, ended)
+    done = [by_role[role] for role in completion_roles(spec.framework, spec.roles())]
+    if all(_succeeded(job) for job in done):
+        ended = max(filter(None, (_decided(j, ("SuccessCriteriaMet", "Complete")) for j in done)), default=None)
+        return Observed("succeeded", "all replicas finished", attempt, _unfinished(by_role), started, ended)
     waiting = _waiting(spec, pods)
     if waiting:
         return Observed("queued", waiting, attempt)
-    return Observed("running", f"{len(conventions.replicas(spec.roles()))} replica(s) running", attempt)
+    running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
+    return Observed("running", f"{running} replica(s) running", attempt, started=started)
 
 
 def replica_pods(pods: list[Obj], role: str, index: int) -> list[Obj]:
@@ -71,11 +82,12 @@ def pod_finished(pod: Obj) -> bool:
 
 
 def _waiting(spec: JobSpec, pods: list[Obj]) -> str | None:
-    """Why not every replica has started, or None once all have."""
+    """Why not every replica has started, or None once all have. A replica whose pod ran once and is being
+    replaced (a restart) has started: a restart does not send the job back to the queue."""
     waiting = []
     for r in conventions.replicas(spec.roles()):
         mine = replica_pods(pods, r.role, r.index)
-        if not mine or (mine[-1].get("status") or {}).get("phase") not in STARTED_PHASES:
+        if not any((p.get("status") or {}).get("phase") in STARTED_PHASES for p in mine):
             waiting.append(f"{r.role}-{r.index}: {_pending_reason(mine[-1]) if mine else 'no pod yet'}")
     if not waiting:
         return None
@@ -137,6 +149,33 @@ def _condition(obj: Obj, kind: str) -> bool:
     return any(
         c.get("type") == kind and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or []
     )
+
+
+def _decided(job: Obj, kinds: tuple[str, ...]) -> float | None:
+    """When the Job controller set the first of ``kinds`` (its completionTime for Complete)."""
+    times = [
+        c.get("lastTransitionTime")
+        for c in (job.get("status") or {}).get("conditions") or []
+        if c.get("type") in kinds and c.get("status") == "True"
+    ]
+    return min(
+        filter(None, (timestamp(t) for t in times)), default=timestamp((job.get("status") or {}).get("completionTime"))
+    )
+
+
+def _started(pod: Obj) -> float | None:
+    """When the pod's container started: its running or terminated state's startedAt (the pod's own startTime is
+    when the kubelet took it, before the image was pulled)."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state in ((container.get("state") or {}).get(k) or {} for k in ("running", "terminated")):
+            if state.get("startedAt"):
+                return timestamp(state["startedAt"])
+    return None
+
+
+def timestamp(value: str | None) -> float | None:
+    """An API timestamp (RFC 3339, e.g. ``2026-12-06T15:04:05Z``) as seconds since the epoch."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
 def _labels(obj: Obj) -> dict[str, str]:

@@ -193,7 +193,7 @@ class Supervisor:
             env = {
                 **os.environ,
                 "TF_CPP_MIN_LOG_LEVEL": settings.TF_CPP_MIN_LOG_LEVEL.get(),  # quiet unless the user said otherwise
-                **self.spec.env,
+                **self.spec.command_env(),
                 **conventions.replica_env(self.spec.framework, cluster, r, loopback=True),
                 settings.RUN_ID_VAR: self.run_id,
                 settings.WORKSPACE_VAR: str(self.workspace.root),
@@ -208,7 +208,7 @@ class Supervisor:
                 log.write(f"\n===== restart {attempt}: attempt {attempt + 1} =====\n".encode())
                 log.flush()
             proc = subprocess.Popen(
-                [self.spec.python or sys.executable, str(script), *self.spec.args],
+                [self.spec.python or sys.executable, str(script), *self.spec.command_args()],
                 cwd=self.paths.code,
                 env=env,
                 stdin=subprocess.DEVNULL,
