@@ -94,7 +94,7 @@ def tensorboard(workspace, log):
     command = services._tensorboard(SimpleNamespace(runs=workspace / "runs"), SimpleNamespace(host="127.0.0.1"), port)
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, services.SERVICES["tensorboard"].url(SimpleNamespace(host="127.0.0.1"), port).rstrip("/")
 
 
 def post(url, body):

@@ -242,6 +242,23 @@ def test_state_replicas_and_times_come_from_the_cluster_and_no_job_store_is_writ
     assert list(workspace.rglob("*.sqlite*")) == []
 
 
+def test_jobs_are_found_by_name_ambiguous_prefixes_list_candidates_and_delete_works(
+    fake: FakeApiServer, script: Path, workspace: Path
+) -> None:
+    first = submit(script, name="lenet")
+    second = submit(script, name="lenet")
+    assert wb.job("lenet").id == second.id  # a name: its newest run
+    with pytest.raises(wb.AmbiguousJob) as e:
+        wb.job("lenet-")
+    assert first.id in str(e.value) and second.id in str(e.value)
+    with pytest.raises(wb.WorkbenchError, match="cancel it first"):
+        wb.delete(second)
+    assert second.cancel() == "cancelled"
+    assert wb.delete("lenet") == second.id
+    assert wb.job("lenet").id == first.id and not second.paths.root.exists()
+    assert list((workspace / "state").iterdir()) == []  # still no job database
+
+
 def test_a_cancel_another_process_began_is_finished_by_the_next_status(fake: FakeApiServer, script: Path) -> None:
     job = submit(script, workers=1)
     fake.make_pods(manifests.job_name(job.id, "worker"), "Running")
