@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What bench/serve_throughput.py compares against and loads with (run after scripts/setup.sh; not needed by CI,
+# whose smoke test skips what is missing). Idempotent: with nothing changed it takes a second or two.
+#
+# - wrk (Debian): the REST load generator, driven by bench/wrk_post.lua; gcc + python3-dev: to build the old
+#   server's C extension (below).
+# - The stock gRPC clients in .venv, for the gRPC load processes: tensorflow-serving-api's PredictionServiceStub
+#   (--no-deps: it requires `tensorflow`, and .venv has `tensorflow-cpu`, whose protos it imports) and
+#   tritonclient.grpc's GRPCInferenceServiceStub (--no-deps: it pins ml-dtypes<=0.5.4 and protobuf<7, and TF 2.21
+#   lives with neither; its generated stubs import and run with .venv's; python-rapidjson is what it imports).
+# - .venv-mlserver: MLServer 1.7.1 with TensorFlow, the comparison server, in a venv of its own so its pins never
+#   touch .venv (bench/_mlserver_runtime.py is its runtime for our SavedModels).
+# - bench/out/old-server: a git worktree of 5a4e060, the last commit of the hand-written C server, with its
+#   extension built in place by .venv's python; the bench starts it with PYTHONPATH pointing there, once, so that
+#   the cost of the rewrite is on record. It needs the old server's own dependencies in .venv (httptools,
+#   pysimdjson, uvloop), installed here if the new pyproject dropped them.
+#
+# WORKBENCH_BENCH_MLSERVER=0 skips .venv-mlserver; WORKBENCH_BENCH_OLD_SERVER=0 skips the old server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+OLD_SERVER_COMMIT=5a4e060
+MLSERVER=("mlserver==1.7.1" "tensorflow-cpu==2.21.0")
+GRPC_CLIENTS=("tensorflow-serving-api==2.21.0" "tritonclient==2.73.0")
+
+quiet_pip() {  # pip's warnings about the offline index folders it skips are noise here
+  "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup-bench: .venv is missing; run scripts/setup.sh first" >&2
+  exit 1
+fi
+script_hash=$(sha256sum < scripts/setup-bench.sh | cut -d' ' -f1)
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v gcc >/dev/null || missing+=(gcc)
+[ -n "$(find /usr/include -maxdepth 2 -name Python.h 2>/dev/null | head -1)" ] || missing+=(python3-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "$(cat .venv/.workbench-bench 2>/dev/null)" != "$script_hash" ]; then
+  if ! .venv/bin/python -c "import tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio" \
+      2>/dev/null; then
+    echo "installing the stock gRPC clients (${GRPC_CLIENTS[*]}, no deps) into .venv"
+    quiet_pip .venv/bin/python -m pip install -q --no-deps "${GRPC_CLIENTS[@]}"
+    quiet_pip .venv/bin/python -m pip install -q "python-rapidjson>=0.9.1" "packaging>=14.1"
+  fi
+  quiet_pip .venv/bin/python -m pip install -q "aiohttp>=3.9" "grpcio>=1.60"
+  .venv/bin/python -c "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"
+  echo "$script_hash" > .venv/.workbench-bench
+fi
+
+if [ "${WORKBENCH_BENCH_MLSERVER:-1}" != "0" ]; then
+  if [ ! -x .venv-mlserver/bin/python ]; then
+    PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+    echo "creating .venv-mlserver with $PY"
+    "$PY" -m venv .venv-mlserver
+  fi
+  if [ "$(cat .venv-mlserver/.workbench-setup 2>/dev/null)" != "$script_hash" ]; then
+    echo "installing ${MLSERVER[*]} into .venv-mlserver (a few minutes the first time)"
+    quiet_pip .venv-mlserver/bin/python -m pip install -q "${MLSERVER[@]}"
+    .venv-mlserver/bin/python -c "import mlserver, tensorflow"
+    echo "$script_hash" > .venv-mlserver/.workbench-setup
+  fi
+fi
+
+if [ "${WORKBENCH_BENCH_OLD_SERVER:-1}" != "0" ]; then
+  old=bench/out/old-server
+  if [ ! -e "$old/.git" ]; then
+    mkdir -p bench/out
+    git worktree prune
+    echo "checking out the old C server ($OLD_SERVER_COMMIT) into $old"
+    git worktree add --detach "$old" "$OLD_SERVER_COMMIT" >/dev/null
+  fi
+  if [ "$(cat "$old/.workbench-bench" 2>/dev/null)" != "$script_hash" ]; then
+    .venv/bin/python -c "import httptools, simdjson, uvloop" 2>/dev/null ||
+      quiet_pip .venv/bin/python -m pip install -q "httptools>=0.6" "pysimdjson>=6.0" "uvloop>=0.19"
+    echo "building the old server's C extension in place"
+    (cd "$old" && "$root/.venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
+    ls "$old"/workbench/serving/_native*.so >/dev/null
+    echo "$script_hash" > "$old/.workbench-bench"
+  fi
+fi
+echo "bench ready: wrk $(command -v wrk)$([ -x .venv-mlserver/bin/mlserver ] && echo ', .venv-mlserver')$(
+  [ -e bench/out/old-server/.workbench-bench ] && echo ', bench/out/old-server')"
