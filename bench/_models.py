@@ -11,7 +11,9 @@ Both are built with Keras and published by ``workbench.promote`` as ``models/<na
 
 The in-process limit (``python -m bench._models in-process VERSION_DIR LEVELS DURATION``): the version's
 runtime, loaded as the server loads it, called back to back on batches of ``c`` rows, what perfect batching of
-``c`` concurrent one-row requests gives; a request's latency is one call. TensorFlow's own default threads.
+``c`` concurrent one-row requests gives; a request's latency is one call. Measured twice: with TensorFlow's own
+default thread pools, and with one intra-op thread (which is faster for LeNet's small ops on two CPUs); the
+benchmark's limit is the faster of the two at each level.
 """
 
 from __future__ import annotations
@@ -145,12 +147,18 @@ class Limit:
     """A process holding one version's runtime that measures its in-process limit when asked (loaded once, idle
     in between, so that it can alternate with the servers' levels)."""
 
-    def __init__(self, model: str, version_dir: Path) -> None:
+    def __init__(self, model: str, version_dir: Path, threads: int | None = None) -> None:
+        """``threads``: TensorFlow's intra-op threads (read once, at its first use); None: its default."""
         self.model = model
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+            env.pop(var, None)
+            if threads:
+                env[var] = str(threads)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench._models", "in-process", model, str(version_dir)],
             cwd=ROOT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -130,13 +130,31 @@ def start_workbench(
         ).stdout.strip()
         if not where.startswith(str(checkout)):
             raise RuntimeError(f"PYTHONPATH={checkout} imports workbench from {where}")
+    flags = serve_flags(checkout)
+    if grpc and "--grpc-port" in flags:
+        try:
+            return _start(name, env, checkout, log, models, workers, grpc=True)
+        except RuntimeError as e:  # a server whose gRPC does not start yet: its REST rows still count
+            print(f"{name} server: no gRPC ({e}); starting it with --grpc-port 0", flush=True)
+            log = log.with_suffix(".no-grpc.log")
+    return _start(name, env, checkout, log, models, workers, grpc=False, flag="--grpc-port" in flags)
+
+
+def _start(
+    name: str,
+    env: dict[str, str],
+    checkout: Path | None,
+    log: Path,
+    models: list[str],
+    workers: str | None,
+    *,
+    grpc: bool,
+    flag: bool = True,
+) -> Server:
     port, grpc_port = free_ports(2)
-    has_grpc = grpc and "--grpc-port" in serve_flags(checkout)
     args = [sys.executable, "-m", "workbench", "serve", "--port", str(port)]
-    if has_grpc:
-        args += ["--grpc-port", str(grpc_port)]
-    elif "--grpc-port" in serve_flags(checkout):
-        args += ["--grpc-port", "0"]
+    if flag:
+        args += ["--grpc-port", str(grpc_port if grpc else 0)]
     if workers:
         args += ["--workers", workers]
     with open(log, "wb") as f:
@@ -144,7 +162,7 @@ def start_workbench(
     url = f"http://127.0.0.1:{port}"
     for model in models:
         wait_ready(f"{url}/v2/models/{model}/ready", proc, log)
-    return Server(name, proc, url, f"127.0.0.1:{grpc_port}" if has_grpc else None, log)
+    return Server(name, proc, url, f"127.0.0.1:{grpc_port}" if grpc else None, log)
 
 
 def start_mlserver(models: dict[str, Path], folder: Path, log: Path) -> Server:
