@@ -1,6 +1,6 @@
 """Load for the serving benchmarks, from maintained clients only (a helper, not a benchmark of its own).
 
-- :func:`wrk`: REST load from ``wrk`` (Debian package; ``scripts/setup-bench.sh``) with ``bench/wrk_post.lua``
+- :func:`wrk`: REST load from ``wrk`` (Debian package; ``scripts/bench-setup.sh``) with ``bench/wrk_post.lua``
   for the POST body: one C thread, ``c`` keep-alive connections, closed loop. The fastest REST client there is
   here, so the REST figures measure the server rather than the client.
 - :class:`Clients`: Python load processes of one shape for every protocol, so that gRPC and REST compare fairly:
@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,9 @@ def _tfs_call(channel: Any, target: Target) -> Send:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = target.model
     request.model_spec.signature_name = "serving_default"
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in target.x.shape])
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in target.x.shape]
+    )
     request.inputs[target.input_name].CopyFrom(
         tensor_pb2.TensorProto(
             dtype=types_pb2.DT_FLOAT, tensor_shape=shape, tensor_content=target.x.astype("<f4").tobytes()
@@ -246,7 +249,7 @@ class Clients:
         """Why ``protocol`` cannot be driven here, or None."""
         need = {"tfs-grpc": "tensorflow_serving", "v2-grpc": "tritonclient"}.get(protocol)
         if need and need not in self.stubs:
-            return f"{need} is not installed in this venv (bash scripts/setup-bench.sh)"
+            return f"{need} is not installed in this venv (bash scripts/bench-setup.sh)"
         return None
 
     def run(self, target: Target, c: int, duration: float) -> dict[str, Any]:

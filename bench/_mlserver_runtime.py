@@ -1,6 +1,6 @@
 """MLServer runtime for the benchmark's comparison rows: one TensorFlow SavedModel version folder, as exported by
 ``workbench.promote`` (``parameters.uri`` in its ``model-settings.json``), served through its ``serving_default``
-signature. It runs inside ``.venv-mlserver`` (``scripts/setup-bench.sh``): nothing of workbench is imported.
+signature. It runs inside ``.venv-mlserver`` (``scripts/bench-setup.sh``): nothing of workbench is imported.
 
 Inputs are matched to the signature's by name (an input without a name takes the signature's only one); every
 output of the signature is answered, by its name. MLServer's adaptive batching stacks requests along the first

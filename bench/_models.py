@@ -123,10 +123,15 @@ def limit_runtime(version_dir: Path) -> tuple[Any, str]:
     return runtime, "workbench's TensorFlow runtime"
 
 
-def limit_level(runtime: Any, model: str, c: int, duration: float) -> dict[str, float]:
-    """``runtime.predict`` on batches of ``c`` rows for ``duration`` s: rows/s and the latency of one call."""
+def batch(model: str, c: int) -> dict[str, np.ndarray]:
+    """``c`` rows of ``model``'s input."""
     name, shape = INPUTS[model]
-    batch = {name: np.random.default_rng(0).random((c, *shape), dtype=np.float32)}
+    return {name: np.random.default_rng(0).random((c, *shape), dtype=np.float32)}
+
+
+def limit_level(runtime: Any, batch: dict[str, np.ndarray], duration: float) -> dict[str, float]:
+    """``runtime.predict`` on ``batch`` for ``duration`` s: rows/s and the latency of one call."""
+    c = len(next(iter(batch.values())))
     for _ in range(10):
         runtime.predict(batch)
     times = []
@@ -189,7 +194,7 @@ def _serve_limit(model: str, version_dir: str) -> None:
     print(json.dumps({"runtime": kind}), flush=True)
     for line in sys.stdin:
         c, duration = line.split()
-        print(json.dumps(limit_level(runtime, model, int(c), float(duration))), flush=True)
+        print(json.dumps(limit_level(runtime, batch(model, int(c)), float(duration))), flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 All listen on 127.0.0.1, on ports picked at run time, and log to a file each.
 
 - :func:`start_workbench`: ``python -m workbench serve`` over a workspace, this checkout's, or with ``checkout``
-  another one's (``bench/out/old-server``, the C server of ``5a4e060``; ``scripts/setup-bench.sh`` builds it), by
+  another one's (``bench/out/old-server``, the C server of ``5a4e060``; ``scripts/bench-setup.sh`` builds it), by
   ``PYTHONPATH``. gRPC on ``--grpc-port`` when that server has the flag.
 - :func:`start_mlserver`: MLServer 1.7 from ``.venv-mlserver`` serving the same SavedModel version folders
   through ``bench/_mlserver_runtime.py``, with its adaptive batching, REST and gRPC (KServe V2 both).
@@ -82,13 +82,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def old_server_missing() -> str | None:
     """Why the old C server cannot run here, or None."""
     if not list((OLD_SERVER / "workbench" / "serving").glob("_native*.so")):
-        return f"no built checkout of {OLD_SERVER_COMMIT} in {OLD_SERVER} (bash scripts/setup-bench.sh)"
+        return f"no built checkout of {OLD_SERVER_COMMIT} in {OLD_SERVER} (bash scripts/bench-setup.sh)"
     return None
 
 
 def mlserver_missing() -> str | None:
     """Why MLServer cannot run here, or None."""
-    return None if MLSERVER.exists() else f"{MLSERVER} is missing (bash scripts/setup-bench.sh)"
+    return None if MLSERVER.exists() else f"{MLSERVER} is missing (bash scripts/bench-setup.sh)"
 
 
 def _env(workspace: Path, checkout: Path | None) -> dict[str, str]:
@@ -120,24 +120,31 @@ def start_workbench(
     checkout: Path | None = None,
     workers: str | None = None,
     grpc: bool = True,
+    own_session: bool = False,
 ) -> Server:
-    """``workbench serve`` (of ``checkout`` if given) over ``workspace``, ready once each of ``models`` is."""
+    """``workbench serve`` (of ``checkout`` if given) over ``workspace``, ready once each of ``models`` is (with
+    none, once it answers);
+    ``own_session``: in a session of its own, as ``workbench up`` starts it."""
     env = _env(workspace, checkout)
     if checkout is not None:  # the old code must be what runs, not this checkout's
         where = subprocess.run(
             [sys.executable, "-c", "import workbench; print(workbench.__file__)"],
-            env=env, cwd=checkout, capture_output=True, text=True, check=True,
+            env=env,
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if not where.startswith(str(checkout)):
             raise RuntimeError(f"PYTHONPATH={checkout} imports workbench from {where}")
     flags = serve_flags(checkout)
     if grpc and "--grpc-port" in flags:
         try:
-            return _start(name, env, checkout, log, models, workers, grpc=True)
+            return _start(name, env, checkout, log, models, workers, own_session, grpc=True)
         except RuntimeError as e:  # a server whose gRPC does not start yet: its REST rows still count
             print(f"{name} server: no gRPC ({e}); starting it with --grpc-port 0", flush=True)
             log = log.with_suffix(".no-grpc.log")
-    return _start(name, env, checkout, log, models, workers, grpc=False, flag="--grpc-port" in flags)
+    return _start(name, env, checkout, log, models, workers, own_session, grpc=False, flag="--grpc-port" in flags)
 
 
 def _start(
@@ -147,6 +154,7 @@ def _start(
     log: Path,
     models: list[str],
     workers: str | None,
+    own_session: bool,
     *,
     grpc: bool,
     flag: bool = True,
@@ -158,10 +166,12 @@ def _start(
     if workers:
         args += ["--workers", workers]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=checkout or ROOT)
+        proc = subprocess.Popen(
+            args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=checkout or ROOT, start_new_session=own_session
+        )
     url = f"http://127.0.0.1:{port}"
-    for model in models:
-        wait_ready(f"{url}/v2/models/{model}/ready", proc, log)
+    for ready in [f"{url}/v2/models/{model}/ready" for model in models] or [f"{url}/v2/health/live"]:
+        wait_ready(ready, proc, log)
     return Server(name, proc, url, f"127.0.0.1:{grpc_port}" if grpc else None, log)
 
 

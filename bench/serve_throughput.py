@@ -2,9 +2,9 @@
 the old C server.
 
 ``python -m bench.serve_throughput [--duration 5] [--levels 1,8,64] [--resnet-levels 8,64] [--rounds 1]
-[--client-procs 2] [--workers N] [--skip mlserver,old,resnet20]``
+[--client-procs 2] [--workers N] [--skip mlserver,old,resnet20] [--frameworks pytorch,mxnet]``
 
-Set-up: ``bash scripts/setup-bench.sh`` (wrk, the stock gRPC clients, ``.venv-mlserver``, the old server's
+Set-up: ``bash scripts/bench-setup.sh`` (wrk, the stock gRPC clients, ``.venv-mlserver``, the old server's
 checkout); what is missing is skipped, with the reason printed.
 
 Models (``bench/_models.py``), each published by ``workbench.promote`` into one workspace: LeNet-5, one 28x28
@@ -30,7 +30,8 @@ Every target is measured once per level per round, one after the other (all serv
 measured), so drift in a shared machine's load hits them alike; with ``--rounds`` > 1 the table shows each
 one's median round. Goals printed beside the figures: new >= 5x MLServer at every LeNet level; ResNet-20 >= 0.85x
 the in-process limit over REST and gRPC; gRPC >= REST at c=8 and 64. Figures go to
-``bench/out/serve_throughput.json``.
+``bench/out/serve_throughput.json``. ``--frameworks pytorch,mxnet`` adds PyTorch's and MXNet's LeNet
+(``bench/_frameworks.py``): each one's in-process limit, and one server serving them beside TensorFlow's.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ def measure(
                     + (f" (first: {got['first_error']})" if got.get("first_error") else ""),
                     flush=True,
                 )
-    rows = {row: {c: sorted(s, key=lambda m: m["rps"])[len(s) // 2] for c, s in by_c.items()} for row, by_c in samples.items()}
+    rows = {
+        row: {c: sorted(s, key=lambda m: m["rps"])[len(s) // 2] for c, s in by_c.items()}
+        for row, by_c in samples.items()
+    }
     best = {c: max((rows[row][c] for row in limits), key=lambda m: m["rps"]) for c in levels}
     return {IN_PROCESS: best, **rows}
 
@@ -150,7 +154,9 @@ def goals(lenet: Rows | None, resnet: Rows | None, levels: list[int], resnet_lev
     if lenet:
         print("\nLeNet, new vs MLServer (same protocol, same client):")
         for proto in ("V2 REST (wrk)", "V2 gRPC (grpcio)"):
-            out[f"lenet new/MLServer {proto}"] = ratios(lenet, f"new {proto}", f"MLServer {proto}", levels, MLSERVER_GOAL)
+            out[f"lenet new/MLServer {proto}"] = ratios(
+                lenet, f"new {proto}", f"MLServer {proto}", levels, MLSERVER_GOAL
+            )
         out["lenet new TFS REST/MLServer V2 REST (wrk)"] = ratios(
             lenet, "new TFS REST (wrk)", "MLServer V2 REST (wrk)", levels, MLSERVER_GOAL
         )
@@ -167,8 +173,10 @@ def goals(lenet: Rows | None, resnet: Rows | None, levels: list[int], resnet_lev
         high = [c for c in lv if c >= 8]
         if not rows or not high:
             continue
-        print(f"\n{model}, gRPC vs REST at c={'/'.join(map(str, high))} (goal gRPC >= REST; same Python client "
-              "processes, then against wrk):")
+        print(
+            f"\n{model}, gRPC vs REST at c={'/'.join(map(str, high))} (goal gRPC >= REST; same Python client "
+            "processes, then against wrk):"
+        )
         for proto in ("TFS", "V2"):
             for rest in ("aiohttp", "wrk"):
                 sub = {k: {c: v[c] for c in high} for k, v in rows.items()}
@@ -187,6 +195,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--client-procs", type=int, default=2, help="Python load processes (aiohttp and grpcio rows)")
     p.add_argument("--workers", help="the new server's --workers (default: its own default)")
     p.add_argument("--skip", default="", help="comma-separated: mlserver, old, lenet, resnet20")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="folder for serve_throughput.json")
+    p.add_argument("--frameworks", default="", help="LeNet rows for these too (pytorch,mxnet; bench/_frameworks.py)")
     a, _ = p.parse_known_args(argv)
     levels = [int(x) for x in a.levels.split(",") if x]
     resnet_levels = [int(x) for x in a.resnet_levels.split(",") if x]
@@ -232,6 +242,11 @@ def main(argv: list[str]) -> int:
                 limit.close()
         for s in servers:
             s.stop()
+    from bench import _frameworks
+
+    others = _frameworks.available([f for f in a.frameworks.split(",") if f])
+    if others and "lenet" in models:
+        results["frameworks"] = _frameworks.rows(ws, others, levels, a.duration)
     cpus = os.cpu_count()
     header = f"{a.duration:g} s per target and level, {a.rounds} round(s), {cpus} CPUs (shared), " + (
         f"{a.client_procs} Python client process(es); in-process limit: "
@@ -242,13 +257,22 @@ def main(argv: list[str]) -> int:
         print_table(f"LeNet-5, one 28x28 image per request; {header}", results["lenet"], levels)
     if "resnet20" in results:
         print_table(f"ResNet-20, one 32x32x3 image per request; {header}", results["resnet20"], resnet_levels)
+    if "frameworks" in results:
+        print_table(f"LeNet-5 of {', '.join(others)} beside TensorFlow's, one server", results["frameworks"], levels)
     summary = goals(results.get("lenet"), results.get("resnet20"), levels, resnet_levels)
     print(f"\nwhole run: {time.monotonic() - t0:.0f} s; logs in {tmp}")
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
     (out / "serve_throughput.json").write_text(
-        json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "setting": header, **results,
-                    "ratios": summary}, indent=1)
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "setting": header,
+                **results,
+                "ratios": summary,
+            },
+            indent=1,
+        )
     )
     return 0
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# What bench/serve_throughput.py compares against and loads with (run after scripts/setup.sh; not needed by CI,
-# whose smoke test skips what is missing). Idempotent: with nothing changed it takes a second or two.
+# What bench/serve_throughput.py compares against and loads with (run after scripts/setup.sh). Idempotent: with
+# nothing changed it takes a second or two. Not named setup-*.sh on purpose: scripts/test.sh (and so CI) runs
+# those, and CI needs none of this (MLServer's venv is a second TensorFlow, minutes to install); the bench's smoke
+# test skips, with the reason printed, whatever is missing.
 #
 # - wrk (Debian): the REST load generator, driven by bench/wrk_post.lua; gcc + python3-dev: to build the old
 #   server's C extension (below).
@@ -19,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+export TF_CPP_MIN_LOG_LEVEL=2  # TensorFlow's start-up chatter on the import checks
 
 OLD_SERVER_COMMIT=5a4e060
 MLSERVER=("mlserver==1.7.1" "tensorflow-cpu==2.21.0")
@@ -33,7 +36,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup-bench: .venv is missing; run scripts/setup.sh first" >&2
   exit 1
 fi
-script_hash=$(sha256sum < scripts/setup-bench.sh | cut -d' ' -f1)
+script_hash=$(sha256sum < scripts/bench-setup.sh | cut -d' ' -f1)
 
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
@@ -79,14 +82,14 @@ if [ "${WORKBENCH_BENCH_OLD_SERVER:-1}" != "0" ]; then
     echo "checking out the old C server ($OLD_SERVER_COMMIT) into $old"
     git worktree add --detach "$old" "$OLD_SERVER_COMMIT" >/dev/null
   fi
-  if [ "$(cat "$old/.workbench-bench" 2>/dev/null)" != "$script_hash" ]; then
+  if [ "$(cat "$old/.workbench-bench-build" 2>/dev/null)" != "$script_hash" ]; then
     .venv/bin/python -c "import httptools, simdjson, uvloop" 2>/dev/null ||
       quiet_pip .venv/bin/python -m pip install -q "httptools>=0.6" "pysimdjson>=6.0" "uvloop>=0.19"
     echo "building the old server's C extension in place"
     (cd "$old" && "$root/.venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
     ls "$old"/workbench/serving/_native*.so >/dev/null
-    echo "$script_hash" > "$old/.workbench-bench"
+    echo "$script_hash" > "$old/.workbench-bench-build"
   fi
 fi
 echo "bench ready: wrk $(command -v wrk)$([ -x .venv-mlserver/bin/mlserver ] && echo ', .venv-mlserver')$(
-  [ -e bench/out/old-server/.workbench-bench ] && echo ', bench/out/old-server')"
+  [ -e bench/out/old-server/.workbench-bench-build ] && echo ', bench/out/old-server')"
