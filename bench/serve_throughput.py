@@ -106,21 +106,25 @@ def measure(
         for c in levels:
             for row, limit in limits.items():
                 samples[row][c].append(limit.level(c, duration))
+                progress(f"{model} round {r + 1} c={c}: {row}", samples[row][c][-1])
             for row, (driver, target) in plan.items():
                 got = _load.wrk(target, c, duration) if driver == "wrk" else clients.run(target, c, duration)
                 samples[row][c].append(got)
-                print(
-                    f"{model} round {r + 1} c={c}: {row}: {got['rps']:.0f} req/s, p50 {got['p50']:.2f} ms, "
-                    f"p99 {got['p99']:.2f} ms, {got['errors']} failed"
-                    + (f" (first: {got['first_error']})" if got.get("first_error") else ""),
-                    flush=True,
-                )
+                progress(f"{model} round {r + 1} c={c}: {row}", got)
     rows = {
         row: {c: sorted(s, key=lambda m: m["rps"])[len(s) // 2] for c, s in by_c.items()}
         for row, by_c in samples.items()
     }
     best = {c: max((rows[row][c] for row in limits), key=lambda m: m["rps"]) for c in levels}
     return {IN_PROCESS: best, **rows}
+
+
+def progress(what: str, got: dict[str, Any]) -> None:
+    print(
+        f"{what}: {got['rps']:.0f} req/s, p50 {got['p50']:.2f} ms, p99 {got['p99']:.2f} ms, {got['errors']} failed"
+        + (f" (first: {got['first_error']})" if got.get("first_error") else ""),
+        flush=True,
+    )
 
 
 def print_table(title: str, rows: Rows, levels: list[int]) -> None:

@@ -41,7 +41,9 @@ script_hash=$(sha256sum < scripts/bench-setup.sh | cut -d' ' -f1)
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v gcc >/dev/null || missing+=(gcc)
-[ -n "$(find /usr/include -maxdepth 2 -name Python.h 2>/dev/null | head -1)" ] || missing+=(python3-dev)
+# the headers of .venv's own python (a python.org or pyenv build carries them; Debian's comes with python3-dev)
+.venv/bin/python -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' ||
+  missing+=(python3-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"
   apt-get update -qq
