@@ -21,7 +21,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-export TF_CPP_MIN_LOG_LEVEL=2  # TensorFlow's start-up chatter on the import checks
 
 OLD_SERVER_COMMIT=5a4e060
 MLSERVER=("mlserver==1.7.1" "tensorflow-cpu==2.21.0")
@@ -30,6 +29,11 @@ GRPC_CLIENTS=("tensorflow-serving-api==2.21.0" "tritonclient==2.73.0")
 quiet_pip() {  # pip's warnings about the offline index folders it skips are noise here
   "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   return "${PIPESTATUS[0]}"
+}
+
+quiet_check() {  # an import check: its output (TensorFlow's start-up chatter) only when it fails
+  local out
+  out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }
 }
 
 if [ ! -x .venv/bin/python ]; then
@@ -58,7 +62,8 @@ if [ "$(cat .venv/.workbench-bench 2>/dev/null)" != "$script_hash" ]; then
     quiet_pip .venv/bin/python -m pip install -q "python-rapidjson>=0.9.1" "packaging>=14.1"
   fi
   quiet_pip .venv/bin/python -m pip install -q "aiohttp>=3.9" "grpcio>=1.60"
-  .venv/bin/python -c "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"
+  quiet_check .venv/bin/python -c \
+    "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"
   echo "$script_hash" > .venv/.workbench-bench
 fi
 
@@ -71,7 +76,7 @@ if [ "${WORKBENCH_BENCH_MLSERVER:-1}" != "0" ]; then
   if [ "$(cat .venv-mlserver/.workbench-setup 2>/dev/null)" != "$script_hash" ]; then
     echo "installing ${MLSERVER[*]} into .venv-mlserver (a few minutes the first time)"
     quiet_pip .venv-mlserver/bin/python -m pip install -q "${MLSERVER[@]}"
-    .venv-mlserver/bin/python -c "import mlserver, tensorflow"
+    quiet_check .venv-mlserver/bin/python -c "import mlserver, tensorflow"
     echo "$script_hash" > .venv-mlserver/.workbench-setup
   fi
 fi
