@@ -143,6 +143,7 @@ def print_table(title: str, rows: Rows, levels: list[int]) -> None:
 def ratios(rows: Rows, num: str, den: str, levels: list[int], goal: float | None = None) -> dict[int, float] | None:
     """Print ``num / den`` at each level (against ``goal`` if given); None where a row is missing."""
     if num not in rows or den not in rows:
+        print(f"  {num} / {den}: not measured (see above)")
         return None
     r = {c: rows[num][c]["rps"] / rows[den][c]["rps"] if rows[den][c]["rps"] else float("nan") for c in levels}
     verdict = ""
