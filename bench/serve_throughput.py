@@ -129,10 +129,10 @@ def progress(what: str, got: dict[str, Any]) -> None:
 
 def print_table(title: str, rows: Rows, levels: list[int]) -> None:
     print(f"\n{title}")
-    print(f"{'target':<32}" + "".join(f"  c={c:<3}  req/s  p50 ms  p99 ms   err" for c in levels))
+    print(f"{'target':<36}" + "".join(f"  c={c:<3}  req/s  p50 ms  p99 ms   err" for c in levels))
     for name, by_c in rows.items():
         print(
-            f"{name:<32}"
+            f"{name:<36}"
             + "".join(
                 f"  {by_c[c]['rps']:>11.0f} {by_c[c]['p50']:>7.2f} {by_c[c]['p99']:>7.2f} {by_c[c]['errors']:>5}"
                 for c in levels
