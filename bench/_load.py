@@ -249,7 +249,7 @@ class Clients:
         """Why ``protocol`` cannot be driven here, or None."""
         need = {"tfs-grpc": "tensorflow_serving", "v2-grpc": "tritonclient"}.get(protocol)
         if need and need not in self.stubs:
-            return f"{need} is not installed in this venv (bash scripts/bench-setup.sh)"
+            return f"{need} is not installed in this venv (bash scripts/setup.sh installs it)"
         return None
 
     def run(self, target: Target, c: int, duration: float) -> dict[str, Any]:

@@ -6,10 +6,8 @@
 #
 # - wrk (Debian): the REST load generator, driven by bench/wrk_post.lua; gcc + python3-dev: to build the old
 #   server's C extension (below).
-# - The stock gRPC clients in .venv, for the gRPC load processes: tensorflow-serving-api's PredictionServiceStub
-#   (--no-deps: it requires `tensorflow`, and .venv has `tensorflow-cpu`, whose protos it imports) and
-#   tritonclient.grpc's GRPCInferenceServiceStub (--no-deps: it pins ml-dtypes<=0.5.4 and protobuf<7, and TF 2.21
-#   lives with neither; its generated stubs import and run with .venv's; python-rapidjson is what it imports).
+# - aiohttp in .venv, for the Python REST load processes (the gRPC ones use the stock stubs that scripts/setup.sh
+#   installs: tensorflow-serving-api and tritonclient, both --no-deps).
 # - .venv-mlserver: MLServer 1.7.1 with TensorFlow, the comparison server, in a venv of its own so its pins never
 #   touch .venv (bench/_mlserver_runtime.py is its runtime for our SavedModels).
 # - bench/out/old-server: a git worktree of 5a4e060, the last commit of the hand-written C server, with its
@@ -24,7 +22,6 @@ root=$(pwd)
 
 OLD_SERVER_COMMIT=5a4e060
 MLSERVER=("mlserver==1.7.1" "tensorflow-cpu==2.21.0")
-GRPC_CLIENTS=("tensorflow-serving-api==2.21.0" "tritonclient==2.73.0")
 
 quiet_pip() {  # pip's warnings about the offline index folders it skips are noise here
   "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -37,7 +34,7 @@ quiet_check() {  # an import check: its output (TensorFlow's start-up chatter) o
 }
 
 if [ ! -x .venv/bin/python ]; then
-  echo "setup-bench: .venv is missing; run scripts/setup.sh first" >&2
+  echo "bench-setup: .venv is missing; run scripts/setup.sh first" >&2
   exit 1
 fi
 script_hash=$(sha256sum < scripts/bench-setup.sh | cut -d' ' -f1)
@@ -55,15 +52,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$(cat .venv/.workbench-bench 2>/dev/null)" != "$script_hash" ]; then
-  if ! .venv/bin/python -c "import tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio" \
-      2>/dev/null; then
-    echo "installing the stock gRPC clients (${GRPC_CLIENTS[*]}, no deps) into .venv"
-    quiet_pip .venv/bin/python -m pip install -q --no-deps "${GRPC_CLIENTS[@]}"
-    quiet_pip .venv/bin/python -m pip install -q "python-rapidjson>=0.9.1" "packaging>=14.1"
+  .venv/bin/python -c "import aiohttp" 2>/dev/null || quiet_pip .venv/bin/python -m pip install -q "aiohttp>=3.9"
+  if ! quiet_check .venv/bin/python -c \
+      "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"; then
+    echo "bench-setup: the stock gRPC clients are missing from .venv; run scripts/setup.sh" >&2
+    exit 1
   fi
-  quiet_pip .venv/bin/python -m pip install -q "aiohttp>=3.9" "grpcio>=1.60"
-  quiet_check .venv/bin/python -c \
-    "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"
   echo "$script_hash" > .venv/.workbench-bench
 fi
 

@@ -104,9 +104,9 @@ def test_python_client_loop_counts_successes_and_failures(echo_server):
 def test_grpc_clients_send_the_stock_messages():
     """Both gRPC clients against stand-in servicers from the same stock packages: the request a server gets."""
     grpc = pytest.importorskip("grpc")
-    pytest.importorskip("tritonclient.grpc", reason="bash scripts/bench-setup.sh")
+    pytest.importorskip("tritonclient.grpc", reason="bash scripts/setup.sh")
     tfs = pytest.importorskip(
-        "tensorflow_serving.apis.prediction_service_pb2_grpc", reason="bash scripts/bench-setup.sh"
+        "tensorflow_serving.apis.prediction_service_pb2_grpc", reason="bash scripts/setup.sh"
     )
     from tensorflow_serving.apis import predict_pb2
     from tritonclient.grpc import service_pb2, service_pb2_grpc
