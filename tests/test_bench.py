@@ -93,6 +93,7 @@ def test_wrk_posts_the_body_and_reports_throughput_latency_and_failures(echo_ser
 
 
 def test_python_client_loop_counts_successes_and_failures(echo_server):
+    pytest.importorskip("aiohttp", reason="bash scripts/bench-setup.sh")
     url, _ = echo_server
     good = asyncio.run(_load.closed_loop(_load.Target("v2-rest", url, "m", "image", X), 2, time.time(), 0.5))
     assert len(good[0]) > 10 and good[1] == 0 and good[2] is None
