@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 LUA = Path(__file__).with_name("wrk_post.lua")
-PROTOCOLS = ("tfs-rest", "v2-rest", "tfs-grpc", "v2-grpc")
+PROTOCOLS = ("tfs-rest", "v2-rest", "v2-rest-binary", "tfs-grpc", "v2-grpc")
+GRPC_CHANNELS = 4  # gRPC channels per load process, each its own connection (REST opens one per request in flight)
 Send = Callable[[], Awaitable[None]]
 
 
@@ -56,7 +57,17 @@ class Target:
         if self.protocol == "tfs-rest":
             return json.dumps({"instances": self.x.tolist()}).encode()
         tensor = {"name": self.input_name, "shape": list(self.x.shape), "datatype": "FP32"}
+        if self.protocol == "v2-rest-binary":  # KServe V2's binary tensor data extension, both ways
+            raw = self.x.astype("<f4").tobytes()
+            head = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}]}
+            return json.dumps({**head, "parameters": {"binary_data_output": True}}).encode() + raw
         return json.dumps({"inputs": [{**tensor, "data": self.x.reshape(-1).tolist()}]}).encode()
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers besides the content type (the binary extension's JSON length)."""
+        if self.protocol != "v2-rest-binary":
+            return {}
+        return {"Inference-Header-Content-Length": str(len(self.body()) - self.x.astype("<f4").nbytes)}
 
 
 def figures(latencies: list[float], errors: int, seconds: float, first_error: str | None = None) -> dict[str, Any]:
@@ -85,7 +96,7 @@ def wrk(target: Target, c: int, duration: float) -> dict[str, Any]:
         body.flush()
         done = subprocess.run(
             ["wrk", "-t", "1", "-c", str(c), "-d", f"{seconds}s", "--timeout", "10s", "-s", str(LUA), target.url()],
-            env={**os.environ, "WRK_BODY_FILE": body.name},
+            env={**os.environ, "WRK_BODY_FILE": body.name, "WRK_HEADERS": json.dumps(target.headers())},
             capture_output=True,
             text=True,
             timeout=seconds + 60,
@@ -108,7 +119,7 @@ async def sender(target: Target) -> tuple[Send, Callable[[], Awaitable[Any]]]:
         import aiohttp
 
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), headers={"Content-Type": "application/json"}
+            connector=aiohttp.TCPConnector(limit=0), headers={"Content-Type": "application/json", **target.headers()}
         )
         url, body = target.url(), target.body()
 
@@ -121,9 +132,23 @@ async def sender(target: Target) -> tuple[Send, Callable[[], Awaitable[Any]]]:
         return post, session.close
     import grpc
 
-    channel = grpc.aio.insecure_channel(target.address, options=[("grpc.max_receive_message_length", -1)])
-    call = _tfs_call(channel, target) if target.protocol == "tfs-grpc" else _v2_call(channel, target)
-    return call, channel.close
+    # Several channels, each its own connection (grpcio shares one between equal channels unless told not to), so
+    # that the calls spread over the server's processes as REST's connections do.
+    options = [("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target.address, options=options) for _ in range(GRPC_CHANNELS)]
+    make = _tfs_call if target.protocol == "tfs-grpc" else _v2_call
+    calls = [make(channel, target) for channel in channels]
+    turn = [0]
+
+    async def call() -> None:
+        turn[0] = (turn[0] + 1) % len(calls)
+        await calls[turn[0]]()
+
+    async def close() -> None:
+        for channel in channels:
+            await channel.close()
+
+    return call, close
 
 
 def _tfs_call(channel: Any, target: Target) -> Send:

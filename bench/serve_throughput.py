@@ -63,9 +63,9 @@ def targets(server: _servers.Server, model: str, x: np.ndarray, clients: _load.C
     be measured here (printed, and the row left out)."""
     name = _models.INPUTS[model][0]
     out: dict[str, Any] = {}
-    for proto, label in (("tfs-rest", "TFS REST"), ("v2-rest", "V2 REST")):
-        if server.name == "MLServer" and proto == "tfs-rest":
-            continue  # MLServer speaks V2 only
+    for proto, label in (("tfs-rest", "TFS REST"), ("v2-rest", "V2 REST"), ("v2-rest-binary", "V2 REST binary")):
+        if (server.name == "MLServer" and proto != "v2-rest") or (server.name != "new" and proto == "v2-rest-binary"):
+            continue  # MLServer speaks V2 only; the binary rows are the new server's alone
         t = _load.Target(proto, server.rest, model, name, x)
         out[f"{server.name} {label} (wrk)"] = ("wrk", t) if _load.wrk_available() else "wrk is not installed"
         if server.name == "new":
@@ -172,7 +172,13 @@ def goals(lenet: Rows | None, resnet: Rows | None, levels: list[int], resnet_lev
             out[f"lenet new/old C {proto}"] = ratios(lenet, f"new {proto}", f"old C {proto}", levels)
     if resnet:
         print(f"\nResNet-20, new vs the in-process limit (goal >= {RESNET_GOAL}x):")
-        for row in ("new TFS REST (wrk)", "new V2 REST (wrk)", "new TFS gRPC (grpcio)", "new V2 gRPC (grpcio)"):
+        for row in (
+            "new TFS REST (wrk)",
+            "new V2 REST (wrk)",
+            "new V2 REST binary (wrk)",
+            "new TFS gRPC (grpcio)",
+            "new V2 gRPC (grpcio)",
+        ):
             out[f"resnet20 {row}/in-process"] = ratios(resnet, row, IN_PROCESS, resnet_levels, RESNET_GOAL)
     for model, rows, lv in (("lenet", lenet, levels), ("resnet20", resnet, resnet_levels)):
         high = [c for c in lv if c >= 8]

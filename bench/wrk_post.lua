@@ -5,6 +5,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+-- extra headers as a flat JSON object of strings ({"Name": "value"}), e.g. the V2 binary extension's length
+for name, value in string.gmatch(os.getenv("WRK_HEADERS") or "", '"([^"]+)":%s*"([^"]*)"') do
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
