@@ -6,7 +6,7 @@
 #
 # - wrk (Debian): the REST load generator, driven by bench/wrk_post.lua; gcc + python3-dev: to build the old
 #   server's C extension (below).
-# - aiohttp in .venv, for the Python REST load processes (the gRPC ones use the stock stubs that scripts/setup.sh
+# - aiohttp (and granian, for bench.asgi_servers) in .venv, for the Python REST load processes (the gRPC ones use the stock stubs that scripts/setup.sh
 #   installs: tensorflow-serving-api and tritonclient, both --no-deps).
 # - .venv-mlserver: MLServer 1.7.1 with TensorFlow, the comparison server, in a venv of its own so its pins never
 #   touch .venv (bench/_mlserver_runtime.py is its runtime for our SavedModels).
@@ -53,6 +53,8 @@ fi
 
 if [ "$(cat .venv/.workbench-bench 2>/dev/null)" != "$script_hash" ]; then
   .venv/bin/python -c "import aiohttp" 2>/dev/null || quiet_pip .venv/bin/python -m pip install -q "aiohttp>=3.9"
+  # granian, to compare the server's ASGI app on it with uvicorn (bench.asgi_servers)
+  .venv/bin/python -c "import granian" 2>/dev/null || quiet_pip .venv/bin/python -m pip install -q "granian>=2.5"
   if ! quiet_check .venv/bin/python -c \
       "import aiohttp, grpc.aio, tensorflow_serving.apis.prediction_service_pb2_grpc, tritonclient.grpc.aio"; then
     echo "bench-setup: the stock gRPC clients are missing from .venv; run scripts/setup.sh" >&2
