@@ -64,6 +64,10 @@ class RunSync:
         self._thread: threading.Thread | None = None
         self._failing = False
 
+    def extra_file(self, path: Path) -> None:
+        """Also upload ``path`` (a file or folder under the workspace cache), e.g. a pod's own log file."""
+        self.pushers.append(Pusher(self.workspace.remote, path, self.workspace.relative(path)))  # type: ignore[arg-type]
+
     def restore(self) -> int:
         """Pull the run's checkpoints from the bucket into the local checkpoint folder; return how many files."""
         for d in (self.tb, self.checkpoints):
