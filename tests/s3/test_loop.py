@@ -1,19 +1,19 @@
 """The whole loop on an s3:// workspace (moto's S3 server as the MinIO stand-in), with real TensorFlow jobs:
 single and 2-worker LeNet jobs whose files reach the bucket while they run, a restart that resumes from the
-bucket's checkpoints, promote into the bucket, a model server with a cache of its own (so everything it serves
-came through the bucket) answering REST, hot swap, rollback, and TensorBoard reading the bucket."""
+bucket's checkpoints, TensorBoard reading the bucket, and notebook 03 (train, promote into the bucket, predict
+over REST from a model server with a cache of its own, hot swap, rollback, labels and a traffic split)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
-import requests
 
 import workbench as wb
 from workbench.backends.local.processes import free_ports, wait_for
@@ -23,6 +23,8 @@ from ..serving.conftest import start_server, stop_server
 from .conftest import REPO, bucket_files
 
 pytestmark = pytest.mark.slow
+
+NOTEBOOK = REPO / "notebooks" / "03_promote_and_serve.ipynb"
 
 SMALL = ["--limit", "2000"]
 
@@ -78,57 +80,67 @@ def test_a_killed_2_worker_job_resumes_from_checkpoints_pulled_from_the_bucket(l
     job = loop["multi"]
     logs = job.logs()
     assert job.record.attempt == 1
-    assert "restored 1 checkpoint file(s) from s3://loop/ws" in (job.paths.logs / "launcher.log").read_text() or (
-        "restored" in (job.paths.logs / "launcher.log").read_text()
+    launcher = (job.paths.logs / "launcher.log").read_text()
+    assert re.search(
+        r"restarting \(restart 1 of 1\)\n.*restored [1-9]\d* checkpoint file\(s\) from s3://loop/ws", launcher
     )
     assert "resumed from ckpt-0001" in logs
     assert "[worker-1] replica worker-1: 2 replica(s) in sync" in logs
 
 
-def test_promote_serve_hot_swap_and_rollback_through_the_bucket(loop, tmp_path):
-    from ..serving.conftest import Server  # noqa: F401 - the same server helper as the serving tests
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """A Jupyter kernel that runs this interpreter (the venv's) and inherits the environment (the s3 settings)."""
+    spec = tmp_path / "jupyter" / "kernels" / "workbench-s3-test"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "s3 tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return "workbench-s3-test"
 
-    job = loop["single"]
-    v1 = wb.promote(job, model="lenet", checkpoint=1, wait=0)
-    assert v1.version == 1
-    published = bucket_files("s3://loop/ws", "models/lenet")
-    assert "model.json" in published and any(f.startswith("1/") for f in published)
+
+def test_notebook_03_promotes_serves_hot_swaps_and_rolls_back_through_the_bucket(loop, kernel, tmp_path):
+    """notebooks/03 on the s3:// workspace, against a model server whose cache is its own: every version it
+    serves came through the bucket."""
+    import papermill
 
     server = start_server(
         "s3://loop/ws",  # type: ignore[arg-type]
         tmp_path / "server.log",
         "--poll",
         "0.2",
-        env={"WORKBENCH_CACHE_DIR": str(tmp_path / "server-cache")},  # nothing shared with the promote's cache
+        env={"WORKBENCH_CACHE_DIR": str(tmp_path / "server-cache")},  # nothing shared with the notebook's cache
     )
     try:
-        server.wait_version("lenet", 1, timeout=120)
-        from workbench.datasets import mnist
-
-        (_, _), (x, _), _ = mnist.load_data(limit=2)
-        r = requests.post(f"{server.url}/v1/models/lenet:predict", json={"instances": x[:2].tolist()}, timeout=30)
-        assert r.status_code == 200 and len(r.json()["predictions"]) == 2, r.text
-
-        v2 = wb.promote(job, model="lenet", checkpoint="latest", wait=0)
-        assert v2.version == 2
-        server.wait_version("lenet", 2, timeout=120)  # hot swap: the server copied version 2 from the bucket
-        assert _served_version(server.url, x) == "2"
-
-        assert wb.rollback("lenet") == 1
-        assert wait_for(lambda: _served_version(server.url, x) == "1", 30), server.log_text()[-2000:]
-        assert (tmp_path / "server-cache" / "models" / "lenet" / "2" / "workbench.json").is_file()
+        output = tmp_path / NOTEBOOK.name
+        papermill.execute_notebook(
+            str(NOTEBOOK),
+            str(output),
+            kernel_name=kernel,
+            cwd=str(NOTEBOOK.parent),
+            progress_bar=False,
+            execution_timeout=300,
+            parameters={"epochs": 2, "limit": 2000, "model_name": "nb-lenet", "server_url": server.url},
+        )
     finally:
         stop_server(server)
-
-
-def _served_version(url: str, x) -> str:
-    body = {"inputs": [{"name": "x", "shape": [1, 28, 28], "datatype": "FP32", "data": x[:1].ravel().tolist()}]}
-    meta = requests.get(f"{url}/v2/models/lenet", timeout=10).json()
-    body["inputs"][0]["name"] = meta["inputs"][0]["name"]
-    body["inputs"][0]["shape"] = [1, *[int(d) for d in meta["inputs"][0]["shape"][1:]]]
-    r = requests.post(f"{url}/v2/models/lenet/infer", json=body, timeout=30)
-    assert r.status_code == 200, r.text
-    return str(r.json()["model_version"])
+    cells = json.loads(output.read_text())["cells"]
+    text = "\n".join(
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for c in cells
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+    )
+    accuracy = float(text.split("version 1: accuracy ")[1].split()[0])
+    assert accuracy > 0.5, text
+    assert "after promote: 2" in text and "after rollback: 1" in text  # hot swap, rollback
+    assert "canary serves 2" in text
+    published = bucket_files("s3://loop/ws", "models/nb-lenet")
+    assert "model.json" in published and {"1/workbench.json", "2/workbench.json"} <= set(published)
+    mirrored = tmp_path / "server-cache" / "models" / "nb-lenet"
+    assert (mirrored / "1" / "workbench.json").is_file() and (mirrored / "2" / "workbench.json").is_file()
+    assert json.loads((mirrored / "model.json").read_text())["labels"] == {"stable": 1, "canary": 2}
+    assert wb.models()["nb-lenet"]["live"] == 1
 
 
 def test_tensorboard_reads_the_loss_from_the_bucket(loop):
@@ -161,7 +173,3 @@ def test_tensorboard_reads_the_loss_from_the_bucket(loop):
     finally:
         tb.terminate()
         tb.wait(20)
-
-
-def test_nothing_of_the_workspace_is_written_outside_the_cache(loop):
-    assert not Path("s3:").exists()
