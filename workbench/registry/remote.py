@@ -115,3 +115,31 @@ def mirror_indexes(ws: Workspace) -> None:
         if not name.startswith("."):
             rel = ws.relative(ws.model_dir(name) / MODEL_JSON)
             remote.get_file(rel, ws.model_dir(name) / MODEL_JSON)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m workbench.registry.remote [--every S]``: keep copying the bucket workspace's models into the
+    local cache (``WORKBENCH_CACHE_DIR``), for a server that reads folders (TF Serving's sidecar in the chart)."""
+    import argparse
+    import logging
+    import time
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--every", type=float, default=2.0, help="seconds between copies")
+    args = p.parse_args(argv)
+    ws = Workspace.current()
+    if ws.url is None:
+        p.error("WORKBENCH_WORKSPACE is not a bucket (s3://...): nothing to copy")
+    while True:
+        try:
+            mirror(ws)
+        except Exception:  # noqa: BLE001 - the bucket unreachable for a while: try again
+            logging.exception("cannot copy the models of %s", ws.url)
+        time.sleep(args.every)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
