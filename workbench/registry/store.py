@@ -205,9 +205,7 @@ class ModelStore:
                 os.rename(staging, final)
             except OSError as e:
                 if not (self.workspace.url and final.is_dir()):
-                    raise RegistryError(
-                        f"cannot move {staging} to {final} ({_cause(e)}); nothing was published"
-                    ) from e
+                    raise RegistryError(f"cannot move {staging} to {final} ({_cause(e)}); nothing was published") from e
                 shutil.rmtree(staging, ignore_errors=True)  # a model server sharing the cache copied it first
             try:
                 fsync_dir(self.dir)
