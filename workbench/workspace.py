@@ -171,14 +171,14 @@ class Workspace:
         remote = storage.Remote(self.url or "")
         bucket = remote.root.split("/", 1)[0]
         try:
-            found = remote.fs.exists(bucket)
+            remote.fs.call_s3("head_bucket", Bucket=bucket)  # (fs.exists says False for any error)
+        except FileNotFoundError as e:
+            raise WorkspaceError(f"workspace {self.url}: bucket {bucket!r} does not exist; create it first") from e
         except Exception as e:  # noqa: BLE001 - botocore's errors (no endpoint, no credentials) are many
             raise WorkspaceError(
                 f"workspace {self.url} cannot be reached ({type(e).__name__}: {e}); check AWS_ENDPOINT_URL and "
                 "the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY credentials"
             ) from e
-        if not found:
-            raise WorkspaceError(f"workspace {self.url}: bucket {bucket!r} does not exist; create it first")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

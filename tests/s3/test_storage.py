@@ -81,3 +81,14 @@ def test_pull_and_push_move_only_new_or_changed_files(s3_workspace, tmp_path):
     assert remote.pull("runs/r/tb", dest) == ["sub/b.txt"]
     assert (dest / "sub" / "b.txt").read_text() == "b3"
     assert not [p for p in dest.rglob(".*") if p.name != ".workbench-pulled.json"]  # no partial download left
+
+
+def test_an_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch):
+    from workbench.backends.local.processes import free_ports
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(WorkspaceError, match="cannot be reached .*check AWS_ENDPOINT_URL"):
+        Workspace.at("s3://bars/ws").ensure()
