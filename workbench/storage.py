@@ -126,8 +126,8 @@ class Remote:
         self.fs.put_file(str(local), self.path(rel))
 
     def put_tree(self, local: Path, rel: str) -> None:
-        """Upload every file under ``local`` to folder ``rel``."""
-        for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        """Upload every file under ``local`` to folder ``rel`` (not the notes of what was pulled there)."""
+        for f in sorted(p for p in local.rglob("*") if p.is_file() and p.name != _Notes.NAME):
             self.put_file(f, f"{rel}/{f.relative_to(local).as_posix()}")
 
     def get_file(self, rel: str, local: Path, info: dict[str, Any] | None = None) -> bool:
@@ -155,12 +155,6 @@ class Remote:
     def pull(self, rel: str, local: Path) -> list[str]:
         """Copy the files of folder ``rel`` that are new or changed into ``local``; return those copied."""
         return [name for name, info in self.files(rel).items() if self.get_file(f"{rel}/{name}", local / name, info)]
-
-    def remove(self, rel: str) -> None:
-        try:
-            self.fs.rm(self.path(rel), recursive=True)
-        except FileNotFoundError:
-            pass
 
 
 class Pusher:
