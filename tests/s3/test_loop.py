@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,14 @@ def test_a_killed_2_worker_job_resumes_from_checkpoints_pulled_from_the_bucket(l
     )
     assert "resumed from ckpt-0001" in logs
     assert "[worker-1] replica worker-1: 2 replica(s) in sync" in logs
+
+
+def test_watch_follows_the_curves_in_the_bucket(loop, capsys):
+    job = loop["multi"]
+    shutil.rmtree(job.paths.tb, ignore_errors=True)  # the local copy: watch() fetches the event files again
+    assert job.watch(interval=0.1) == "succeeded"
+    out = capsys.readouterr().out
+    assert "succeeded" in out and "train/epoch_loss" in out and "step 2" in out
 
 
 @pytest.fixture
