@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from workbench import settings
+from workbench.params import LOGGED
 from workbench.storage import Pusher
 from workbench.workspace import Workspace
 
@@ -54,9 +55,11 @@ class RunSync:
         self.paths = workspace.run(run_id)
         self.tb, self.checkpoints = replica_dirs(workspace, run_id, attempt)
         rel = workspace.relative
+        logged = self.paths.root / LOGGED  # params the script logs itself (workbench.runtime.log_params)
         self.pushers = [
             Pusher(remote, self.tb, rel(self.paths.tb)),
             Pusher(remote, self.checkpoints, rel(self.paths.checkpoints)),
+            Pusher(remote, logged, rel(logged)),
             *(Pusher(remote, p, rel(p)) for p in extra),
         ]
         self.interval = float(settings.SYNC_INTERVAL_S.get())

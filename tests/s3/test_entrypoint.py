@@ -20,6 +20,9 @@ ckpt = Path(os.environ["WORKBENCH_CHECKPOINT_DIR"])
 print("found", sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")), flush=True)
 (ckpt / "ckpt-2.txt").write_text("two")
 (Path(os.environ["WORKBENCH_LOG_DIR"]) / "scalars.txt").write_text("loss 0.5")
+print("workspace", os.environ["WORKBENCH_WORKSPACE"], flush=True)
+from workbench.runtime import log_params
+log_params(lr=0.1)
 """
 
 
@@ -51,6 +54,7 @@ def test_a_pod_runs_the_bucket_snapshot_resumes_and_uploads(s3_workspace, tmp_pa
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "found ['ckpt-1.txt']" in out.stdout
+    assert f"workspace {tmp_path / 'pod-cache'}" in out.stdout  # the script sees the local copy
     files = bucket_files(s3_workspace, run)
-    assert {"checkpoints/ckpt-2.txt", "tb/scalars.txt", "logs/worker-0.log"} <= set(files), files
+    assert {"checkpoints/ckpt-2.txt", "tb/scalars.txt", "logs/worker-0.log", "params.json"} <= set(files), files
     assert "found ['ckpt-1.txt']" in remote.fs.cat(remote.path(f"{run}/logs/worker-0.log")).decode()

@@ -88,8 +88,8 @@ def main(argv: list[str]) -> int:
         if not argv:
             raise ConfigError("usage: python -m workbench.backends.kubernetes.entrypoint SCRIPT [ARGS...]")
         env = replica_environment(os.environ)
-        uploads = _bucket_outputs(env)
         script = _local_script(Path(argv[0]), env)
+        uploads = _bucket_outputs(env)
         if not script.is_file():
             raise ConfigError(
                 f"training script {script} is not in the workspace; is WORKBENCH_K8S_WORKSPACE_CLAIM the "
@@ -125,20 +125,21 @@ def _bucket_outputs(env: dict[str, str]) -> sync.RunSync | None:
     run_id, attempt = env[settings.RUN_ID_VAR], int(env[settings.ATTEMPT_VAR])
     tb, checkpoints = sync.replica_dirs(ws, run_id, attempt)
     env[settings.LOG_DIR_VAR], env[settings.CHECKPOINT_DIR_VAR] = str(tb), str(checkpoints)
+    env[settings.WORKSPACE_VAR] = str(ws.root)  # the script sees the local copy, as under the local supervisor
     return sync.RunSync(ws, run_id, attempt, log=lambda m: print(f"workbench entrypoint: {m}", flush=True))
 
 
 def _local_script(script: Path, env: Mapping[str, str]) -> Path:
     """The script to run: as given on a shared volume; on an s3:// workspace, from the run's code snapshot,
     copied from the bucket into the pod's cache."""
-    ws = Workspace.at(env[settings.WORKSPACE_VAR])
-    if ws.url is None:
-        return script
-    code = ws.run(env[settings.RUN_ID_VAR]).code
     try:
+        ws = Workspace.at(env[settings.WORKSPACE_VAR])
+        if ws.url is None:
+            return script
+        code = ws.run(env[settings.RUN_ID_VAR]).code
         ws.pull(code)
     except WorkbenchError as e:
-        raise ConfigError(f"cannot copy the job's code from {ws.url}: {e}") from e
+        raise ConfigError(f"cannot copy the job's code from {env[settings.WORKSPACE_VAR]}: {e}") from e
     return code / script.name
 
 
