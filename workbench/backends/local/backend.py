@@ -46,7 +46,7 @@ class LocalBackend(Backend):
                     sys.executable,
                     "-m",
                     SUPERVISOR,
-                    str(workspace.root),
+                    workspace.location,
                     job_id,
                 ],
                 stdout=log,
