@@ -115,7 +115,7 @@ def wrk(target: Target, c: int, duration: float) -> dict[str, Any]:
 
 async def sender(target: Target) -> tuple[Send, Callable[[], Awaitable[Any]]]:
     """A coroutine function sending one request of ``target`` (raising on any answer but success), and its close."""
-    if target.protocol.endswith("-rest"):
+    if "-rest" in target.protocol:
         import aiohttp
 
         session = aiohttp.ClientSession(
