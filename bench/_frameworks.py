@@ -6,7 +6,7 @@ cost) is promoted into the benchmark's workspace, its in-process limit is
 measured like TensorFlow's (batches of ``c`` rows through the plugin's
 runtime; for MXNet in its own environment, ``.venv-mxnet``), and one
 ``workbench serve`` serving all of them, TensorFlow's LeNet included, is
-loaded over TF Serving REST. The TensorFlow row of that server shows whether
+loaded over TF Serving REST with wrk. The TensorFlow row of that server shows whether
 serving PyTorch and MXNet models beside it costs TensorFlow anything.
 ``python -m bench._frameworks in-process FRAMEWORK VERSION_DIR LEVELS
 DURATION`` prints one in-process measurement as JSON (how it runs in the
@@ -93,12 +93,11 @@ def promote(framework: str, workspace: Path) -> tuple[str, Path]:
 
 def in_process(framework: str, version_dir: Path, levels: list[int], duration: float) -> dict[int, dict[str, float]]:
     """The batched in-process limit, in the framework's own interpreter."""
-    from bench.serve_throughput import in_process as measure
     from workbench.serving.model.frameworks import get_framework
 
     python = get_framework(framework).python()
     if python is None:
-        return measure(version_dir, levels, duration, framework=framework)
+        return measure(version_dir, levels, duration, framework)
     args = ["in-process", framework, str(version_dir), ",".join(map(str, levels)), str(duration)]
     done = subprocess.run(
         [python, "-m", "bench._frameworks", *args], cwd=ROOT, check=True, capture_output=True, text=True
@@ -106,25 +105,43 @@ def in_process(framework: str, version_dir: Path, levels: list[int], duration: f
     return {int(c): row for c, row in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
-def rows(workspace: Path, frameworks: list[str], levels: list[int], duration: float, body: bytes) -> Rows:
-    """The rows for ``frameworks``, and TensorFlow's LeNet (model ``lenet``, already promoted) served beside them."""
-    from bench.serve_throughput import load, start_workbench, stop, wait_ready
+def measure(version_dir: Path, levels: list[int], duration: float, framework: str) -> dict[int, dict[str, float]]:
+    """The framework's runtime for ``version_dir`` (as the server runs it) on batches of ``c`` LeNet rows."""
+    from bench._models import limit_level
+    from workbench.serving.model.frameworks import get_framework
+
+    runtime = get_framework(framework).load(version_dir)
+    runtime.optimize()
+    try:
+        return {c: limit_level(runtime, runtime.signature.sample(c), duration) for c in levels}
+    finally:
+        runtime.close()
+
+
+def rows(workspace: Path, frameworks: list[str], levels: list[int], duration: float) -> Rows:
+    """The rows for ``frameworks``, and TensorFlow's LeNet (model ``lenet``, already promoted) served beside them,
+    over TF Serving REST (wrk)."""
+    import numpy as np
+
+    from bench import _load, _servers
 
     served = {fw: promote(fw, workspace) for fw in frameworks}
     out: Rows = {
         f"{fw} in-process (batched)": in_process(fw, path, levels, duration) for fw, (_, path) in served.items()
     }
+    x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)  # every LeNet takes (n, 28, 28)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_workbench(workspace, Path(tmp) / "workbench.log")
+        names = ["lenet", *(name for name, _ in served.values())]
+        server = _servers.start_workbench("new", workspace, Path(tmp) / "workbench.log", names, grpc=False)
         try:
-            for name, _ in served.values():
-                wait_ready(f"{url}/v2/models/{name}/ready", proc)
-            for fw, (name, _) in served.items():  # the same one-image body: every LeNet takes (n, 28, 28)
-                out[f"{fw} workbench REST"] = load(f"{url}/v1/models/{name}:predict", body, levels, duration)
+            for fw, (name, _) in served.items():
+                t = _load.Target("tfs-rest", server.rest, name, "image", x)
+                out[f"{fw} new TFS REST (wrk)"] = {c: _load.wrk(t, c, duration) for c in levels}
+            t = _load.Target("tfs-rest", server.rest, "lenet", "image", x)
             beside = "+".join(frameworks)
-            out[f"workbench REST, beside {beside}"] = load(f"{url}/v1/models/lenet:predict", body, levels, duration)
+            out[f"new TFS REST (wrk), beside {beside}"] = {c: _load.wrk(t, c, duration) for c in levels}
         finally:
-            stop(proc)
+            server.stop()
     return out
 
 
@@ -136,12 +153,10 @@ def limit_of(name: str, results: Rows) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from bench.serve_throughput import in_process as measure
-
     op, framework, version_dir, levels, duration = argv
     if op != "in-process":
         raise SystemExit(f"unknown operation {op!r}")
-    result = measure(Path(version_dir), [int(x) for x in levels.split(",")], float(duration), framework=framework)
+    result = measure(Path(version_dir), [int(x) for x in levels.split(",")], float(duration), framework)
     print(json.dumps(result))
     return 0
 

@@ -1,13 +1,14 @@
 """Hot swap under load: failures, and the latency of a second model served beside the one being swapped.
 
 ``python -m bench.serve_hotswap [--swaps 5] [--quiet 8] [--concurrency 4] [--rate R] [--mode promote|publish|both]
-[--workers N] [--native auto|off] [--own-session]``
+[--workers N] [--own-session]``
 
 One ``workbench serve`` process serves two LeNet-5 models: "lenet", which
 gets new versions, and "steady", which does not. Both get load for the whole
 run: closed loop (``--concurrency`` connections each, which keeps the
 machine's CPUs saturated) or, with ``--rate``, requests sent steadily at that
-rate to each model (open loop; latency counted from when each was due), while the run
+rate to each model (open loop; latency counted from when each was due), from aiohttp in a process of its own
+(``bench/_load.py``), while the run
 alternates quiet windows (``--quiet`` seconds, no swap) with swap windows
 (from the start of a swap until the server serves the new version, plus
 0.5 s), ``--swaps`` times per mode. Interleaving the windows keeps drift in
@@ -33,6 +34,7 @@ windows; "steady"'s p99 in swap windows / quiet windows (goal <= 1.5x).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -48,16 +50,36 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve_throughput import start_workbench, stop  # noqa: E402
-from workbench.serving import loadgen  # noqa: E402
+from bench import _load, _servers  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
 
-def _load(targets: list[tuple[str, bytes, int]], rate: float | None, done: Any, send: Any) -> None:
-    send.send(loadgen.run_many(targets, 0.0, done.is_set, rate))
+def _loader(targets: list[tuple[_load.Target, int]], rate: float | None, done: Any, send: Any) -> None:
+    import asyncio
+
+    send.send(asyncio.run(_load.record(targets, done.is_set, rate)))
+
+
+def wait_available(url: str, model: str, version: int, timeout: float = 120) -> bool:
+    """Whether the server serves ``version`` of ``model`` (TF Serving's version status) within ``timeout`` s."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models/{model}/versions/{version}", timeout=10) as r:
+                states = [s["state"] for s in json.load(r).get("model_version_status", [])]
+        except OSError:
+            states = []
+        if "AVAILABLE" in states:
+            return True
+        if "END" in states:
+            return False
+        time.sleep(0.02)
+    return False
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +90,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mode", choices=["promote", "publish", "both"], default="both")
     p.add_argument("--rate", type=float, default=0, help="open loop: requests/s to each model (0: closed loop)")
     p.add_argument("--workers", help="the server's worker processes (default: its own default)")
-    p.add_argument("--native", choices=["auto", "off"], help="the server's native front end (default: its default)")
     p.add_argument(
         "--own-session",
         action="store_true",
@@ -82,7 +103,6 @@ def main(argv: list[str]) -> int:
     import workbench as wb
     from workbench.registry import worker
     from workbench.registry.store import ModelStore
-    from workbench.serving import client
     from workbench.workspace import Workspace
 
     sys.path.insert(0, str(ROOT / "examples" / "lenet"))
@@ -92,11 +112,19 @@ def main(argv: list[str]) -> int:
     build_lenet().save(ckpt)
     for name in ("lenet", "steady"):
         wb.promote(None, model=name, checkpoint=ckpt, framework="tensorflow", wait=0)
-    server, url = start_workbench(Workspace.current().root, tmp / "server.log", a.workers, a.own_session, a.native)
+    server = _servers.start_workbench(
+        "new",
+        Workspace.current().root,
+        tmp / "server.log",
+        ["lenet", "steady"],
+        workers=a.workers,
+        grpc=False,
+        own_session=a.own_session,
+    )
+    url = server.rest
     os.environ["WORKBENCH_SERVER_URL"] = url
     x = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
-    body = json.dumps({"instances": x.tolist()}).encode()
-    targets = [(f"{url}/v1/models/{m}:predict", body, a.concurrency) for m in ("lenet", "steady")]
+    targets = [(_load.Target("tfs-rest", url, m, "image", x), a.concurrency) for m in ("lenet", "steady")]
     store = ModelStore(Workspace.current(), "lenet")
     entry = store.read()["versions"]["1"]
 
@@ -112,8 +140,7 @@ def main(argv: list[str]) -> int:
 
     def publish() -> None:
         v = store.publish(staged.pop(), entry)
-        client.notify(url)
-        client.wait_available(url, "lenet", v)
+        wait_available(url, "lenet", v)  # the server's own polling finds it (no reload call: a server's internals)
 
     modes = {"promote": promote, "publish": publish}
     if a.mode != "both":
@@ -122,14 +149,15 @@ def main(argv: list[str]) -> int:
     swap_seconds: dict[str, list[float]] = {m: [] for m in modes}
     try:
         for name in ("lenet", "steady"):
-            assert client.wait_available(url, name, 1, timeout=300), f"{name} was not served; see {tmp / 'server.log'}"
-        loadgen.run_many(targets, 2.0, rate=a.rate or None)  # warm-up
+            assert wait_available(url, name, 1, timeout=300), f"{name} was not served; see {tmp / 'server.log'}"
+        warm_until = time.perf_counter() + 2.0
+        asyncio.run(_load.record(targets, lambda: time.perf_counter() > warm_until, a.rate or None))  # warm-up
         # The load comes from a process of its own, as clients do: a thread here would share this process's GIL
         # with promote() and count its pauses as server latency (perf_counter is the same clock in both).
         ctx = multiprocessing.get_context("spawn")
         done = ctx.Event()
         receive, send = ctx.Pipe(duplex=False)
-        loader = ctx.Process(target=_load, args=(targets, a.rate or None, done, send), daemon=True)
+        loader = ctx.Process(target=_loader, args=(targets, a.rate or None, done, send), daemon=True)
         loader.start()
         time.sleep(1.0)  # the child's start-up (imports) stays out of the first window
         for mode, action in modes.items():
@@ -146,11 +174,11 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.5)
                 windows[mode].append((s0, time.perf_counter()))
         done.set()
-        results: list[loadgen.Result] = receive.recv()
+        results: list[_load.Samples] = receive.recv()
         loader.join(30)
         versions = len(store.read()["versions"])
     finally:
-        stop(server)
+        server.stop()
 
     swapped, steady = results
     load = (

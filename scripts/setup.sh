@@ -23,6 +23,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev]"
+  # s3fs alone: resolving it with the rest can stall pip (aiobotocore pins botocore tightly).
+  .venv/bin/python -m pip install -q -e ".[s3]"
   # The gRPC messages (TF Serving's, KServe V2's) without their declared dependencies: tensorflow-serving-api
   # requires full `tensorflow` beside tensorflow-cpu, tritonclient pins ml-dtypes and protobuf below TensorFlow's.
   # What their modules import is in pyproject.toml. The pins are part of this file, so of the stamp's hash.
@@ -30,6 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m workbench.datasets.mnist fetch >/dev/null
+bash scripts/setup-tensorboard.sh  # TensorBoard without TensorFlow, for s3:// workspaces
 if [ "${WORKBENCH_WITH_MXNET:-}" = 1 ]; then
   bash scripts/setup-frameworks.sh  # the MXNet environment (.venv-mxnet), on request
 fi

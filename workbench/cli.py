@@ -6,9 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.workspace import Workspace
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
@@ -33,12 +36,17 @@ def _age(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _where(ws: Workspace) -> str:
+    """A workspace as the user named it (a bucket: with its local cache folder)."""
+    return f"{ws.url} (local cache {ws.root})" if ws.url else str(ws.root)
+
+
 def cmd_up(a: argparse.Namespace) -> int:
     from workbench import services
     from workbench.workspace import Workspace
 
     ws = Workspace.current()
-    print(f"starting the workbench for workspace {ws.root}", flush=True)
+    print(f"starting the workbench for workspace {_where(ws)}", flush=True)
     ports = {"jupyter": a.jupyter_port, "tensorboard": a.tensorboard_port, "server": a.server_port}
     enabled = tuple(n for n in services.SERVICES if n not in (a.without or []))
     opts = services.Options(host=a.host, root_dir=Path(a.root_dir), token=a.token or "", ports=ports, enabled=enabled)
@@ -64,7 +72,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     from workbench.workspace import Workspace
 
     ws = Workspace.current()
-    print(f"workspace {ws.root}")
+    print(f"workspace {_where(ws)}")
     info = services.status(ws)
     if not info:
         print("services: not running (start with `workbench up`)")

@@ -106,14 +106,23 @@ class Job:
             time.sleep(0.3)
 
     def checkpoints(self) -> list[Checkpoint]:
-        """Checkpoints written so far, by step, with the metrics logged at each step."""
+        """Checkpoints written so far, by step, with the metrics logged at each step (on an ``s3://`` workspace,
+        copied from the bucket into the local cache first: their paths are local)."""
+        self.pull_outputs()
         return list_checkpoints(self.paths.checkpoints, self.paths.tb)
 
     def scalars(self) -> dict[str, list[tuple[int, float]]]:
         """Every TensorBoard scalar the job logged: ``{"train/epoch_loss": [(step, value), ...]}``."""
         from workbench.metrics import read_scalars
 
+        self.workspace.pull(self.paths.tb)
         return read_scalars(self.paths.tb)
+
+    def pull_outputs(self) -> None:
+        """On an ``s3://`` workspace, bring the local copies of the run's checkpoints and event files up to date with
+        the bucket (only new or changed files move); nothing on a local workspace."""
+        self.workspace.pull(self.paths.checkpoints)
+        self.workspace.pull(self.paths.tb)
 
     def watch(self, interval: float = 2.0, timeout: float | None = None) -> str:
         """Follow the job live: status, step and loss plot in a notebook, text lines elsewhere."""

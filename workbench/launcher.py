@@ -63,6 +63,7 @@ def submit(spec: JobSpec, workspace: Workspace | None = None, backend: str | Non
             },
         )
         staging.root.rename(final.root)  # the run dir appears whole or not at all
+        workspace.push(final.root)  # a bucket workspace: code snapshot and run.json, before anything runs
         store.insert(
             JobRecord(
                 run_id,

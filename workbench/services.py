@@ -72,16 +72,41 @@ def _jupyter(ws: Workspace, o: Options, port: int) -> list[str]:
 
 def _tensorboard(ws: Workspace, o: Options, port: int) -> list[str]:
     return [
-        sys.executable,
+        tensorboard_python(ws),
         "-m",
         "tensorboard.main",
-        f"--logdir={ws.runs}",
+        f"--logdir={ws.url + '/runs' if ws.url else ws.runs}",
         f"--host={o.host}",
         f"--port={port}",
         f"--path_prefix=/{TB_PREFIX}",  # as proxied by JupyterLab at /tensorboard/ (workbench.jupyter_config)
         "--reload_interval=2",
         "--reload_multifile=true",
     ]
+
+
+def tensorboard_python(ws: Workspace) -> str:
+    """The interpreter TensorBoard runs in. TensorBoard reads an ``s3://`` logdir only without TensorFlow beside
+    it (with TensorFlow it answers "Unsupported filename scheme"), so a bucket workspace needs an environment of
+    its own: ``WORKBENCH_TENSORBOARD_PYTHON``, else ``.venv-tensorboard`` (scripts/setup-tensorboard.sh)."""
+    given = settings.TENSORBOARD_PYTHON.get()
+    if given:
+        return given
+    if not ws.url:
+        return sys.executable
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = root / ".venv-tensorboard" / "bin" / "python"
+        if candidate.exists():
+            return str(candidate)
+    raise ServiceError(
+        f"TensorBoard for {ws.url} needs an environment with tensorboard and boto3 and without TensorFlow: run "
+        f"scripts/setup-tensorboard.sh, or set {settings.TENSORBOARD_PYTHON.name} to such a Python"
+    )
+
+
+def _s3_env() -> dict[str, str]:
+    """TensorBoard's S3 reader (boto3) takes its endpoint from ``S3_ENDPOINT``; the workbench's is AWS's name."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return {"S3_ENDPOINT": endpoint} if endpoint and not os.environ.get("S3_ENDPOINT") else {}
 
 
 TB_PREFIX = "tensorboard"
@@ -216,7 +241,8 @@ class Services:
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "WORKBENCH_WORKSPACE": str(ws.root),
+            **_s3_env(),
+            "WORKBENCH_WORKSPACE": ws.location,
             # quiet TensorFlow C++ logs in notebook kernels and the model server, unless the user set a level
             "TF_CPP_MIN_LOG_LEVEL": settings.TF_CPP_MIN_LOG_LEVEL.get(),
         }

@@ -23,7 +23,24 @@ class Setting:
 
 
 WORKSPACE = Setting(
-    "WORKBENCH_WORKSPACE", str(Path.home() / "workbench"), "root of the workspace (runs/, models/, state/)"
+    "WORKBENCH_WORKSPACE",
+    str(Path.home() / "workbench"),
+    "root of the workspace (runs/, models/, state/): a local directory or s3://bucket/prefix",
+)
+CACHE_DIR = Setting(
+    "WORKBENCH_CACHE_DIR",
+    "",
+    "local folder of an s3:// workspace (job database, replicas' files, mirrored runs and models); "
+    "empty: ~/.cache/workbench/<hash of the URL>",
+)
+SYNC_INTERVAL_S = Setting(
+    "WORKBENCH_SYNC_INTERVAL", "2", "seconds between uploads of a running job's new files to an s3:// workspace"
+)
+TENSORBOARD_PYTHON = Setting(
+    "WORKBENCH_TENSORBOARD_PYTHON",
+    "",
+    "interpreter `workbench up` runs TensorBoard with; an s3:// workspace needs one without TensorFlow "
+    "(scripts/setup-tensorboard.sh makes .venv-tensorboard); empty: this one, or .venv-tensorboard for s3://",
 )
 BACKEND = Setting("WORKBENCH_BACKEND", "auto", "job backend: local, kubernetes, or auto (kubernetes inside a pod)")
 DATA_DIR = Setting(
@@ -156,8 +173,23 @@ TENSORBOARD_PORT_VAR = "WORKBENCH_TENSORBOARD_PORT"
 
 
 def workspace_root() -> Path:
-    """The workspace root, absolute (``WORKBENCH_WORKSPACE`` or ``~/workbench``)."""
-    return Path(WORKSPACE.get()).expanduser().resolve()
+    """The workspace root, absolute (``WORKBENCH_WORKSPACE`` or ``~/workbench``): for an ``s3://`` workspace, its
+    local cache folder (:func:`cache_dir`). Raises WorkspaceError for a URL the workbench cannot use."""
+    from workbench import storage
+
+    url = storage.parse(WORKSPACE.get())
+    return storage.local_path(WORKSPACE.get()) if url is None else cache_dir(url)
+
+
+def cache_dir(url: str) -> Path:
+    """The local folder of remote workspace ``url`` (``WORKBENCH_CACHE_DIR``, else one per URL)."""
+    import hashlib
+
+    given = CACHE_DIR.get()
+    if given:
+        return Path(given).expanduser().resolve()
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "workbench" / digest
 
 
 def all_settings() -> list[Setting]:

@@ -81,6 +81,7 @@ def watch(job: Job, interval: float = 2.0, timeout: float | None = None) -> str:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         state = job.status()
+        job.workspace.pull(job.paths.tb)  # an s3:// workspace: the event files uploaded since the last look
         series = reader.update()
         line = summary_line(job, state, series)
         if notebook:

@@ -11,6 +11,14 @@
       models/<name>/<version>/          serving format
       models/<name>/model.json          versions, labels, lineage
       state/                            job database, services file
+
+A workspace is a local directory or a bucket (``s3://bucket/prefix``, see
+:mod:`workbench.storage`). For a bucket, ``root`` is a local cache folder
+(``WORKBENCH_CACHE_DIR``) laid out the same way: ``state/`` (job database,
+services) is local only; ``runs/`` and ``models/`` mirror what the bucket holds,
+moved by :meth:`Workspace.pull` / :meth:`Workspace.push`; ``work/<run-id>/`` holds
+the files a running job's replicas write (uploaded as the job runs, see
+:mod:`workbench.sync`). Every path helper below is local either way.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench import settings
+from workbench import settings, storage
 from workbench.errors import WorkspaceError
 
 
@@ -61,11 +69,59 @@ class RunPaths:
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    url: str | None = None  # s3://bucket/prefix when the workspace is a bucket; root is then its local cache
 
     @classmethod
     def current(cls) -> Workspace:
         """The workspace named by ``WORKBENCH_WORKSPACE`` (read now, not at import)."""
-        return cls(settings.workspace_root())
+        return cls.at(settings.WORKSPACE.get())
+
+    @classmethod
+    def at(cls, location: str) -> Workspace:
+        """The workspace at a local path or a bucket URL; :class:`WorkspaceError` for a URL it cannot be."""
+        url = storage.parse(location)
+        if url is None:
+            return cls(storage.local_path(location))
+        return cls(settings.cache_dir(url), url)
+
+    @property
+    def location(self) -> str:
+        """What names this workspace to another process (``WORKBENCH_WORKSPACE``): its URL or its folder."""
+        return self.url or str(self.root)
+
+    @property
+    def remote(self) -> storage.Remote | None:
+        return storage.Remote(self.url) if self.url else None
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def pull(self, path: Path) -> list[str]:
+        """Bring local folder ``path`` (under ``root``) up to date with the bucket; nothing for a local workspace."""
+        remote = self.remote
+        if remote is None:
+            return []
+        try:
+            return remote.pull(self.relative(path), path)
+        except OSError as e:
+            raise WorkspaceError(f"cannot read {self.url}/{self.relative(path)} ({e})") from e
+
+    def push(self, path: Path) -> None:
+        """Upload local file or folder ``path`` (under ``root``) to the bucket; nothing for a local workspace."""
+        remote = self.remote
+        if remote is None:
+            return
+        try:
+            if path.is_dir():
+                remote.put_tree(path, self.relative(path))
+            else:
+                remote.put_file(path, self.relative(path))
+        except OSError as e:
+            raise WorkspaceError(f"cannot write {self.url}/{self.relative(path)} ({e})") from e
+
+    def work_dir(self, run_id: str) -> Path:
+        """Local folder for the files a running job writes, before they are uploaded (remote workspaces)."""
+        return self.root / "work" / run_id
 
     @property
     def runs(self) -> Path:
@@ -107,7 +163,22 @@ class Workspace:
                 f"workspace {self.root} is not writable ({e.strerror or e}); "
                 f"set {settings.WORKSPACE.name} to a directory you can write"
             ) from e
+        if self.url:
+            self._check_bucket()
         return self
+
+    def _check_bucket(self) -> None:
+        remote = storage.Remote(self.url or "")
+        bucket = remote.root.split("/", 1)[0]
+        try:
+            remote.fs.call_s3("head_bucket", Bucket=bucket)  # (fs.exists says False for any error)
+        except FileNotFoundError as e:
+            raise WorkspaceError(f"workspace {self.url}: bucket {bucket!r} does not exist; create it first") from e
+        except Exception as e:  # noqa: BLE001 - botocore's errors (no endpoint, no credentials) are many
+            raise WorkspaceError(
+                f"workspace {self.url} cannot be reached ({type(e).__name__}: {e}); check AWS_ENDPOINT_URL and "
+                "the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY credentials"
+            ) from e
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -95,6 +95,7 @@ def run_row(
         column = key if key not in FIXED else f"param:{key}"
         row[column] = value
         columns[0].add(column)
+    workspace.pull(paths.tb)  # an s3:// workspace: the event files uploaded since the last look
     for tag, points in sorted(read_scalars(paths.tb).items()):
         if points:
             row[tag] = points[-1][1]
@@ -152,6 +153,7 @@ def compare(items: Iterable[Any] | Any, metric: str, workspace: Workspace | None
     ax = fig.add_subplot()
     drawn = 0
     for job in _jobs(items, workspace):
+        workspace.pull(job.paths.tb)  # an s3:// workspace: the event files uploaded since the last look
         series = read_scalars(job.paths.tb)
         tag = find_tag(series, metric)
         if tag is None:

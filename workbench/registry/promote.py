@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.checkpoints import Checkpoint, list_checkpoints
+from workbench.checkpoints import Checkpoint
 from workbench.errors import CheckpointError, JobNotFound, RegistryError
 from workbench.registry import worker
 from workbench.registry.store import VERSION_JSON, ModelStore, check_name, clean
@@ -163,6 +163,9 @@ def _run_info(ws: Workspace, job: Any) -> dict[str, Any]:
     except JobNotFound as e:
         raise RegistryError(f"{e}; pass a job, a run id, or job=None with checkpoint=<path>") from None
     paths = j.paths
+    if ws.url and not paths.code.is_dir():  # an s3:// workspace, the job submitted elsewhere: its code and run.json
+        ws.pull(paths.code)
+        ws.remote.get_file(ws.relative(paths.run_json), paths.run_json)  # type: ignore[union-attr]
     run = read_json(paths.run_json) if paths.run_json.exists() else {}
     return {
         "id": j.id,
@@ -170,7 +173,7 @@ def _run_info(ws: Workspace, job: Any) -> dict[str, Any]:
         "framework": (run.get("spec") or j.record.spec).get("framework"),
         "lineage": run.get("lineage"),
         "code_dir": paths.code if paths.code.is_dir() else None,
-        "checkpoints": lambda: list_checkpoints(paths.checkpoints, paths.tb),
+        "checkpoints": j.checkpoints,
         "checkpoint_dir": paths.checkpoints,
     }
 

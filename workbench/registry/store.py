@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 
 from workbench.errors import ModelNotFound, RegistryError
+from workbench.registry import remote
 from workbench.workspace import Workspace, fsync_dir, fsync_tree, read_json, write_json_atomic
 
 log = logging.getLogger("workbench.registry")
@@ -134,6 +135,7 @@ class ModelStore:
         return (self.dir / MODEL_JSON).exists()
 
     def read(self) -> dict[str, Any]:
+        remote.pull_index(self)  # an s3:// workspace: the bucket's model.json is the truth
         if not self.exists():
             raise ModelNotFound(
                 f"no model {self.name!r} in {self.workspace.models}; models: {', '.join(names(self.workspace)) or 'none'}"
@@ -145,6 +147,7 @@ class ModelStore:
         """Hold the model's lock; yield ``model.json`` as a dict and write it back (atomically) on success."""
         self.read()  # ModelNotFound, listing the models there are
         with self._lock():
+            remote.pull_index(self)
             data = read_model_json(self.dir)
             yield data
             data["history"] = data["history"][-_HISTORY_KEPT:]
@@ -152,6 +155,7 @@ class ModelStore:
                 write_json_atomic(self.dir / MODEL_JSON, data)
             except OSError as e:
                 raise RegistryError(f"cannot write {self.dir / MODEL_JSON} ({_cause(e)}); nothing changed") from e
+            remote.push_index(self)
 
     def staging_dir(self) -> Path:
         """A fresh hidden folder inside the model folder (same filesystem, so publishing is one rename), named
@@ -179,8 +183,9 @@ class ModelStore:
         except OSError as e:
             raise RegistryError(f"cannot write {staging} to disk ({_cause(e)}); nothing was published") from e
         with self._lock():
+            remote.pull_index(self)
             data = read_model_json(self.dir)
-            version = self._next_version(data)
+            version = max(self._next_version(data), max(remote.taken_versions(self), default=0) + 1)
             final = self.dir / str(version)
             current = live_version(data)
             data["versions"][str(version)] = {**entry, "version": version, "created": time.time()}
@@ -195,15 +200,18 @@ class ModelStore:
             )
             data["history"] = data["history"][-_HISTORY_KEPT:]
             data["last_version"] = version
+            remote.publish(self, staging, version, data)  # an s3:// workspace: the bucket first, model.json last
             try:
                 os.rename(staging, final)
             except OSError as e:
-                raise RegistryError(f"cannot move {staging} to {final} ({_cause(e)}); nothing was published") from e
+                if not (self.workspace.url and final.is_dir()):
+                    raise RegistryError(f"cannot move {staging} to {final} ({_cause(e)}); nothing was published") from e
+                shutil.rmtree(staging, ignore_errors=True)  # a model server sharing the cache copied it first
             try:
                 fsync_dir(self.dir)
                 write_json_atomic(self.dir / MODEL_JSON, data)
             except BaseException as e:
-                if str(version) in _listed(self.dir):
+                if self.workspace.url or str(version) in _listed(self.dir):  # (the bucket has it: published)
                     log.warning("%s lists version %s but syncing its folder failed (%s)", MODEL_JSON, version, e)
                     return version  # written: the version is published (readers already see it)
                 os.rename(final, staging)  # back out: model.json still says what it said
@@ -330,6 +338,7 @@ class ModelStore:
 
 def names(workspace: Workspace) -> list[str]:
     """Models in the workspace: folders with a ``model.json`` (a first promote that never finished is none)."""
+    remote.mirror_indexes(workspace)
     if not workspace.models.is_dir():
         return []
     return sorted(

@@ -48,7 +48,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
     ws = (workspace or Workspace.current()).ensure()
-    os.environ[settings.WORKSPACE.name] = str(ws.root)
+    os.environ[settings.WORKSPACE.name] = ws.location  # a bucket's URL, not its cache: the workers mirror it
     os.environ[_HOST_VAR] = host
     given = {"grpc_port": grpc_port, "workers": workers, **options}
     for key, value in given.items():

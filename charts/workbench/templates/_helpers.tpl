@@ -80,6 +80,36 @@ the root keys, which only MinIO and that Job see; with an external endpoint, exi
 {{- end -}}
 {{- end -}}
 
+{{/* The workspace in MinIO mode: the bucket (and prefix) as a URL. */}}
+{{- define "workbench.workspaceUrl" -}}
+{{- printf "s3://%s/%s" .Values.storage.minio.bucket .Values.storage.minio.prefix | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* "true" when pods mount the workspace PVC: always with storage.type=pvc; with minio only when
+storage.workspace.enabled (Jupyter's notebooks; TF Serving's models). */}}
+{{- define "workbench.pvc" -}}
+{{- or (eq .Values.storage.type "pvc") .Values.storage.workspace.enabled -}}
+{{- end -}}
+
+{{/* Where a pod keeps its local copy of a bucket workspace (an emptyDir named "cache"). */}}
+{{- define "workbench.cacheDir" -}}/var/cache/workbench{{- end -}}
+
+{{/* WORKBENCH_WORKSPACE for a container: the volume's path, or in MinIO mode the bucket's URL plus the local
+cache folder (WORKBENCH_CACHE_DIR); call with (dict "root" $ "cache" PATH), PATH "" for the emptyDir. */}}
+{{- define "workbench.workspaceEnv" -}}
+{{- with .root }}
+{{- if eq .Values.storage.type "minio" }}
+- name: WORKBENCH_WORKSPACE
+  value: {{ include "workbench.workspaceUrl" . | quote }}
+- name: WORKBENCH_CACHE_DIR
+  value: {{ $.cache | default (include "workbench.cacheDir" .) | quote }}
+{{- else }}
+- name: WORKBENCH_WORKSPACE
+  value: {{ .Values.storage.workspace.mountPath | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* TensorBoard's logdir: the workspace's runs/ on the volume, or in the bucket. */}}
 {{- define "workbench.logdir" -}}
 {{- if eq .Values.storage.type "minio" -}}
@@ -168,6 +198,9 @@ imagePullSecrets:
 {{- $v := .Values -}}
 {{- if and (eq $v.storage.type "minio") (not $v.storage.minio.bundled) (not $v.storage.minio.endpoint) -}}
 {{- fail "storage.minio.endpoint is required when storage.minio.bundled is false: the URL of your MinIO or S3, e.g. https://minio.example.com" -}}
+{{- end -}}
+{{- if and (eq $v.storage.type "pvc") (not $v.storage.workspace.enabled) -}}
+{{- fail "storage.workspace.enabled=false needs storage.type=minio: with pvc the workspace is the volume" -}}
 {{- end -}}
 {{- if and $v.serving.enabled (eq $v.serving.engine "tfserving") (not $v.serving.tfserving.models) -}}
 {{- fail "serving.tfserving.models is required with serving.engine=tfserving: the model names under models/ to serve, e.g. [lenet]" -}}

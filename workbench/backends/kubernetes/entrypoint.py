@@ -29,7 +29,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from workbench import conventions, settings
+from workbench import conventions, settings, sync
+from workbench.errors import WorkbenchError
 from workbench.workspace import Workspace
 
 CONTAINER = "replica"  # the container's name in every training pod
@@ -45,8 +46,9 @@ def completion_roles(framework: str, roles: Iterable[str]) -> set[str]:
 
 
 def exit_marker(env: Mapping[str, str], role: str, index: int) -> Path:
-    """Where a replica that ends the job records its exit status, for helper replicas to see."""
-    run = Workspace(Path(env[settings.WORKSPACE_VAR])).run(env[settings.RUN_ID_VAR])
+    """Where a replica that ends the job records its exit status, for helper replicas to see (on an s3://
+    workspace, a local copy of the bucket's)."""
+    run = Workspace.at(env[settings.WORKSPACE_VAR]).run(env[settings.RUN_ID_VAR])
     return run.root / "kubernetes" / f"{role}-{index}.exit"
 
 
@@ -86,7 +88,8 @@ def main(argv: list[str]) -> int:
         if not argv:
             raise ConfigError("usage: python -m workbench.backends.kubernetes.entrypoint SCRIPT [ARGS...]")
         env = replica_environment(os.environ)
-        script = Path(argv[0])
+        script = _local_script(Path(argv[0]), env)
+        uploads = _bucket_outputs(env)
         if not script.is_file():
             raise ConfigError(
                 f"training script {script} is not in the workspace; is WORKBENCH_K8S_WORKSPACE_CLAIM the "
@@ -97,7 +100,47 @@ def main(argv: list[str]) -> int:
         return CONFIG_ERROR_EXIT
     command = [sys.executable, str(script), *argv[1:]]
     with _workspace_log(env) as log:
-        return _run_replica(command, env, script.parent, log)
+        if uploads is None:
+            return _run_replica(command, env, script.parent, log)
+        uploads.extra_file(_log_path(env))
+        uploads.restore()
+        uploads.start()
+        try:
+            return _run_replica(command, env, script.parent, log)
+        finally:
+            uploads.stop()
+
+
+def _bucket_outputs(env: dict[str, str]) -> sync.RunSync | None:
+    """On an s3:// workspace: point the script at local TensorBoard and checkpoint folders (``env`` is changed)
+    and return the uploader of this replica's files (None on a shared-volume workspace). As the local
+    supervisor does (workbench.sync): the pod's folders start empty, the run's checkpoints come back from the
+    bucket first."""
+    try:
+        ws = Workspace.at(env[settings.WORKSPACE_VAR])
+    except WorkbenchError as e:
+        raise ConfigError(str(e)) from e
+    if ws.url is None:
+        return None
+    run_id, attempt = env[settings.RUN_ID_VAR], int(env[settings.ATTEMPT_VAR])
+    tb, checkpoints = sync.replica_dirs(ws, run_id, attempt)
+    env[settings.LOG_DIR_VAR], env[settings.CHECKPOINT_DIR_VAR] = str(tb), str(checkpoints)
+    env[settings.WORKSPACE_VAR] = str(ws.root)  # the script sees the local copy, as under the local supervisor
+    return sync.RunSync(ws, run_id, attempt, log=lambda m: print(f"workbench entrypoint: {m}", flush=True))
+
+
+def _local_script(script: Path, env: Mapping[str, str]) -> Path:
+    """The script to run: as given on a shared volume; on an s3:// workspace, from the run's code snapshot,
+    copied from the bucket into the pod's cache."""
+    try:
+        ws = Workspace.at(env[settings.WORKSPACE_VAR])
+        if ws.url is None:
+            return script
+        code = ws.run(env[settings.RUN_ID_VAR]).code
+        ws.pull(code)
+    except WorkbenchError as e:
+        raise ConfigError(f"cannot copy the job's code from {env[settings.WORKSPACE_VAR]}: {e}") from e
+    return code / script.name
 
 
 def _run_replica(command: list[str], env: dict[str, str], cwd: Path, log: BinaryIO | None) -> int:
@@ -186,6 +229,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _all_succeeded(markers: list[Path]) -> bool:
+    ws = Workspace.at(os.environ[settings.WORKSPACE_VAR])
+    try:
+        for folder in {m.parent for m in markers}:
+            ws.pull(folder)  # an s3:// workspace: the markers other pods uploaded
+    except WorkbenchError:
+        return False
     try:
         return all(m.read_text().strip() == "0" for m in markers)
     except OSError:
@@ -198,15 +247,15 @@ def _write_marker(path: Path, code: int) -> None:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(f"{code}\n")
         partial.replace(path)  # helpers read a whole marker or none
-    except OSError as e:
+        Workspace.at(os.environ[settings.WORKSPACE_VAR]).push(path)  # an s3:// workspace: where helpers look
+    except (OSError, WorkbenchError) as e:
         print(f"workbench entrypoint: cannot write {path} ({e})", file=sys.stderr, flush=True)
 
 
 @contextmanager
 def _workspace_log(env: Mapping[str, str]) -> Iterator[BinaryIO | None]:
     """The replica's log file in the workspace, opened to append; None when it cannot be written."""
-    paths = Workspace(Path(env[settings.WORKSPACE_VAR])).run(env[settings.RUN_ID_VAR])
-    path = paths.replica_log(env[settings.ROLE_VAR], int(env[settings.REPLICA_INDEX_VAR]))
+    path = _log_path(env)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         log = open(path, "ab")
@@ -219,6 +268,11 @@ def _workspace_log(env: Mapping[str, str]) -> Iterator[BinaryIO | None]:
         if attempt:  # the same marker the local backend writes between attempts
             log.write(f"\n===== restart {attempt}: attempt {attempt + 1} =====\n".encode())
         yield log
+
+
+def _log_path(env: Mapping[str, str]) -> Path:
+    paths = Workspace.at(env[settings.WORKSPACE_VAR]).run(env[settings.RUN_ID_VAR])
+    return paths.replica_log(env[settings.ROLE_VAR], int(env[settings.REPLICA_INDEX_VAR]))
 
 
 if __name__ == "__main__":

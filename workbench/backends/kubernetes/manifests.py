@@ -57,6 +57,7 @@ class PodConfig:
     s3_secret: str = ""
     s3_region: str = "us-east-1"
     grace_s: int = 5
+    workspace_url: str = ""  # s3://bucket/prefix: pods get an emptyDir at workspace_mount (their cache), no claim
     queue_name: str = ""  # a Kueue LocalQueue; empty: the cluster scheduler alone decides when pods start
 
     @classmethod
@@ -72,6 +73,7 @@ class PodConfig:
             # Same path in every pod as here by default, so paths in run.json and logs mean the same everywhere.
             workspace_mount=settings.K8S_WORKSPACE_MOUNT.get() or str(workspace.root),
             claim=settings.K8S_WORKSPACE_CLAIM.get(),
+            workspace_url=workspace.url or "",
             pull_policy=settings.K8S_IMAGE_PULL_POLICY.get(),
             service_account=settings.K8S_SERVICE_ACCOUNT.get(),
             cpu=settings.K8S_CPU.get(),
@@ -210,7 +212,7 @@ def _pod_spec(run_id: str, spec: JobSpec, role: str, config: PodConfig) -> Manif
         "enableServiceLinks": False,  # keeps the replica's environment what the manifest says
         "automountServiceAccountToken": False,  # training code needs no Kubernetes API access
         "containers": [_container(run_id, spec, role, config, gpus)],
-        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": config.claim}}],
+        "volumes": [_workspace_volume(config)],
     }
     if config.service_account:
         pod["serviceAccountName"] = config.service_account
@@ -245,7 +247,7 @@ def _env(run_id: str, spec: JobSpec, role: str, config: PodConfig) -> list[Manif
     ours: list[Manifest] = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": settings.RUN_ID_VAR, "value": run_id},
-        {"name": settings.WORKSPACE_VAR, "value": str(workspace.root)},
+        {"name": settings.WORKSPACE_VAR, "value": config.workspace_url or str(workspace.root)},
         {"name": settings.LOG_DIR_VAR, "value": str(paths.tb)},
         {"name": settings.CHECKPOINT_DIR_VAR, "value": str(paths.checkpoints)},
         {"name": settings.FRAMEWORK_VAR, "value": spec.framework},
@@ -256,10 +258,26 @@ def _env(run_id: str, spec: JobSpec, role: str, config: PodConfig) -> list[Manif
         # Empty on a first attempt; the entrypoint turns that into 0.
         _from_annotation(settings.ATTEMPT_VAR, FAILURES_ANNOTATION),
         *_s3_env(config),
+        *_bucket_workspace_env(config),
     ]
     taken = {e["name"] for e in ours}
     user = [{"name": k, "value": v} for k, v in spec.command_env().items() if k not in taken]  # ours win, as locally
     return user + ours
+
+
+def _workspace_volume(config: PodConfig) -> Manifest:
+    """The shared claim; for an s3:// workspace the pod's own scratch space, where the entrypoint copies the code
+    and the replica writes before its files are uploaded (workbench.sync)."""
+    if config.workspace_url:
+        return {"name": "workspace", "emptyDir": {}}
+    return {"name": "workspace", "persistentVolumeClaim": {"claimName": config.claim}}
+
+
+def _bucket_workspace_env(config: PodConfig) -> list[Manifest]:
+    """An s3:// workspace: the emptyDir is the entrypoint's cache of the bucket."""
+    if not config.workspace_url:
+        return []
+    return [{"name": settings.CACHE_DIR.name, "value": config.workspace_mount}]
 
 
 def _from_annotation(name: str, annotation: str) -> Manifest:

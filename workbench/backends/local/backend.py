@@ -38,7 +38,7 @@ def spawn(workspace: Workspace, job_id: str, env: dict[str, str]) -> None:
         # "sh -c '... &'" exits at once, so the supervisor is re-parented and never
         # becomes a zombie of the (long-lived) notebook kernel or job that started it.
         subprocess.run(
-            ["sh", "-c", 'exec "$@" </dev/null &', "sh", sys.executable, "-m", SUPERVISOR, str(workspace.root), job_id],
+            ["sh", "-c", 'exec "$@" </dev/null &', "sh", sys.executable, "-m", SUPERVISOR, workspace.location, job_id],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

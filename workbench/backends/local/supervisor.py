@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from workbench import conventions, gpus, settings
+from workbench import conventions, gpus, settings, sync
 from workbench.backends.local import processes, queue
 from workbench.errors import WorkbenchError, WorkspaceError
 from workbench.spec import JobSpec
@@ -143,6 +143,7 @@ class Supervisor:
         record_in_run_json(self.workspace, self.run_id, state=outcome, message=message, ended=time.time())
         self.log(f"job {outcome}: {message}")
         self._admit_next()  # the store takes the outcome over from run.json, so the next job need not wait
+        sync.finish(self.workspace, self.run_id, self.log)
         deadline = time.monotonic() + FINAL_WRITE_S
         while time.monotonic() < deadline:
             self._retry_at = 0.0
@@ -165,6 +166,7 @@ class Supervisor:
         self.cancelled = True
 
     def _attempt(self, attempt: int) -> tuple[str, str]:
+        uploads = self._uploads(attempt)
         running = self._start(attempt)
         record_in_run_json(self.workspace, self.run_id, state="running", attempt=attempt, started=time.time())
         self._db("record the attempt", lambda: self.store.update(self.run_id, attempt=attempt))
@@ -175,6 +177,18 @@ class Supervisor:
             processes.kill_trees([r.proc.pid for r in running], self.grace)
             for r in running:
                 r.proc.wait()
+            if uploads is not None:
+                uploads.stop()
+
+    def _uploads(self, attempt: int) -> sync.RunSync | None:
+        """On a remote workspace: the checkpoints pulled back from the bucket, then uploads while the attempt runs."""
+        if self.workspace.url is None:
+            return None
+        uploads = sync.RunSync(
+            self.workspace, self.run_id, attempt, extra=(self.paths.run_json, self.paths.logs), log=self.log
+        )
+        uploads.restore()
+        return uploads.start()
 
     def _start(self, attempt: int) -> list[Running]:
         roles = self.spec.roles()
@@ -187,6 +201,7 @@ class Supervisor:
         assigned = held["devices"] if held else gpus.assign(self.spec.gpus, len(compute))
         devices = dict(zip(compute, assigned, strict=True))
         script = self.paths.code / Path(self.spec.script).name
+        tb, checkpoints = sync.replica_dirs(self.workspace, self.run_id, attempt)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         running = []
         for r in replicas:
@@ -197,8 +212,8 @@ class Supervisor:
                 **conventions.replica_env(self.spec.framework, cluster, r, loopback=True),
                 settings.RUN_ID_VAR: self.run_id,
                 settings.WORKSPACE_VAR: str(self.workspace.root),
-                settings.LOG_DIR_VAR: str(self.paths.tb),
-                settings.CHECKPOINT_DIR_VAR: str(self.paths.checkpoints),
+                settings.LOG_DIR_VAR: str(tb),
+                settings.CHECKPOINT_DIR_VAR: str(checkpoints),
                 settings.ATTEMPT_VAR: str(attempt),
                 "CUDA_VISIBLE_DEVICES": devices.get(r, ""),
                 "PYTHONUNBUFFERED": "1",
@@ -275,7 +290,7 @@ def _until_one_exits(running: list[Running], timeout: float) -> None:
 
 def main(argv: list[str]) -> int:
     workspace_root, run_id = argv
-    workspace = Workspace(Path(workspace_root))
+    workspace = Workspace.at(workspace_root)
     try:
         return Supervisor(workspace, run_id).run()
     except Exception as e:

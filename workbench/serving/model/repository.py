@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from workbench import settings
 from workbench.background import stepping_aside
 from workbench.errors import WorkbenchError
+from workbench.registry.remote import mirror
 from workbench.registry.store import VERSION_JSON, live_version, published_dirs, read_model_json, version_dirs
 from workbench.serving.model import frameworks
 from workbench.serving.model.batching import Batcher, Closed, Inputs, Outputs
@@ -280,6 +281,7 @@ class ModelRepository:
 
     def scan(self) -> None:
         """Bring every model in line with its index (only models whose files changed are looked at)."""
+        self._mirror()
         root = self.workspace.models
         present = (
             sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
@@ -293,6 +295,14 @@ class ModelRepository:
                 self._fingerprints[name] = fingerprint
         for name in set(self._models) - set(present):
             self._drop(name)
+
+    def _mirror(self) -> None:
+        """An s3:// workspace: copy changed ``model.json`` files and the new versions they list from the bucket
+        into the local cache, which the scan then reads like any ``models/`` folder."""
+        try:
+            mirror(self.workspace)
+        except Exception:  # noqa: BLE001 - the bucket unreachable: keep serving what is here, try again next poll
+            log.exception("cannot copy the models of %s; serving what was copied before", self.workspace.url)
 
     def _sync(self, name: str, model_dir: Path) -> None:
         try:
