@@ -91,7 +91,9 @@ def test_bad_params_are_refused_before_anything_is_created(workspace, write_scri
 
 def tensorboard(workspace, log):
     (port,) = free_ports(1)
-    command = services._tensorboard(SimpleNamespace(runs=workspace / "runs", url=None), SimpleNamespace(host="127.0.0.1"), port)
+    command = services._tensorboard(
+        SimpleNamespace(runs=workspace / "runs", url=None), SimpleNamespace(host="127.0.0.1"), port
+    )
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     return proc, services.SERVICES["tensorboard"].url(SimpleNamespace(host="127.0.0.1"), port).rstrip("/")
