@@ -25,7 +25,7 @@ def test_up_runs_tensorboard_over_the_bucket_from_its_own_environment(s3_workspa
         assert cmdline[0] == str(REPO / ".venv-tensorboard" / "bin" / "python")
         assert f"--logdir={s3_workspace}/runs" in cmdline
         assert psutil.Process(info["pid"]).environ()["S3_ENDPOINT"] == s3_env["AWS_ENDPOINT_URL"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=10) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/tensorboard/data/runs", timeout=10) as r:
             assert json.loads(r.read()) == []
         assert services.read_services(ws)["tensorboard"]["port"] == port  # state/ lives in the local cache
         assert (tmp_path / "cache" / "state" / "services.json").is_file()
