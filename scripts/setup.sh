@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update the project's environment: a venv at .venv with workbench
-# (editable), TensorFlow, JupyterLab, TensorBoard and the test tools, plus the
+# (editable), TensorFlow, JupyterLab, TensorBoard, the test and docs tools, plus the
 # MNIST data file. Idempotent: re-running with nothing changed takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev]"
+  .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev,docs]"
   # s3fs alone: resolving it with the rest can stall pip (aiobotocore pins botocore tightly).
   .venv/bin/python -m pip install -q -e ".[s3]"
   # The gRPC messages (TF Serving's, KServe V2's) without their declared dependencies: tensorflow-serving-api

@@ -138,8 +138,10 @@ K8S_NAMESPACE = Setting("WORKBENCH_K8S_NAMESPACE", "", "training Jobs' namespace
 K8S_IMAGE_TENSORFLOW = Setting(
     "WORKBENCH_K8S_IMAGE_TENSORFLOW", "workbench/trainer-tensorflow:0.1.0", "trainer image for tensorflow and none"
 )
-K8S_IMAGE_PYTORCH = Setting("WORKBENCH_K8S_IMAGE_PYTORCH", "workbench/trainer-pytorch:0.1.0", "image for pytorch")
-K8S_IMAGE_MXNET = Setting("WORKBENCH_K8S_IMAGE_MXNET", "workbench/trainer-mxnet:0.1.0", "image for mxnet")
+K8S_IMAGE_PYTORCH = Setting(
+    "WORKBENCH_K8S_IMAGE_PYTORCH", "workbench/trainer-pytorch:0.1.0", "trainer image for pytorch jobs"
+)
+K8S_IMAGE_MXNET = Setting("WORKBENCH_K8S_IMAGE_MXNET", "workbench/trainer-mxnet:0.1.0", "trainer image for mxnet jobs")
 K8S_IMAGE_PULL_POLICY = Setting("WORKBENCH_K8S_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of training pods")
 K8S_WORKSPACE_CLAIM = Setting("WORKBENCH_K8S_WORKSPACE_CLAIM", "workbench-workspace", "PVC holding the workspace")
 K8S_WORKSPACE_MOUNT = Setting("WORKBENCH_K8S_WORKSPACE_MOUNT", "", "claim's path in pods; empty: WORKBENCH_WORKSPACE's")
@@ -193,4 +195,5 @@ def cache_dir(url: str) -> Path:
 
 
 def all_settings() -> list[Setting]:
+    """Every setting of this module, in declaration order (the docs' settings reference is generated from it)."""
     return [v for v in globals().values() if isinstance(v, Setting)]

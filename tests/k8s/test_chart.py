@@ -2,7 +2,7 @@
 over several value sets, every rendered object validated with ``kubernetes-validate --strict``, what
 each value set must produce, and bad values rejected with a message naming the problem.
 
-No cluster runs here: what needs one (pods starting, ``helm test``) is listed in the README.
+No cluster runs here: what needs one (pods starting, ``helm test``) is listed in docs/kubernetes.md.
 """
 
 from __future__ import annotations
