@@ -1,4 +1,4 @@
-.PHONY: setup up down test lint docs bench
+.PHONY: setup up down test lint docs lock bench
 setup:  ## create/update .venv
 	bash scripts/setup.sh
 up:     ## set up and start the workbench
@@ -11,5 +11,15 @@ lint:
 	.venv/bin/ruff check workbench tests bench examples && .venv/bin/ruff format --check workbench tests bench examples
 docs:   ## build the documentation site into site/ (warnings are errors)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+# The lock files the set-up and the images install with (pip -c): refresh after changing pyproject.toml's
+# dependencies or requirements/mxnet.in, then run `make setup` and the tests. --upgrade takes the newest releases
+# the ranges allow; without UPGRADE=1 the current pins are kept where they still fit. Linux x86_64, Python 3.11.
+LOCK_ARGS = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	$(if $(UPGRADE),--upgrade)
+lock:   ## re-resolve requirements/*lock.txt: .venv and the images, .venv-mxnet, the tensorboard image
+	.venv/bin/uv pip compile pyproject.toml --extra tensorflow --extra pytorch --extra jupyter --extra dev \
+		--extra docs --extra kubernetes --extra postgres $(LOCK_ARGS) -o requirements/lock.txt
+	.venv/bin/uv pip compile requirements/mxnet.in $(LOCK_ARGS) -o requirements/mxnet-lock.txt
+	.venv/bin/uv pip compile requirements/tensorboard.in $(LOCK_ARGS) -o requirements/tensorboard-lock.txt
 bench:  ## run the benchmarks (prints figures)
 	bash scripts/setup.sh && .venv/bin/python -m bench

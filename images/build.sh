@@ -3,7 +3,8 @@
 #
 # Images: trainer-tensorflow trainer-pytorch trainer-mxnet tensorboard jupyter serving
 # (jupyter and serving are built on trainer-tensorflow, which is built first when they are asked for).
-# The build context is images/, with the workbench wheel built into images/dist/ from this checkout.
+# The build context is images/, with the workbench wheel built into images/dist/ from this checkout, and the
+# lock files of requirements/ beside it (every pip install in the images is constrained by one).
 #
 # Settings (environment):
 #   PREFIX      image name prefix, e.g. registry.example.com/team   (default: workbench)
@@ -34,6 +35,8 @@ python=${PYTHON:-$root/.venv/bin/python}
 # Fixed timestamps make the wheel byte-identical while the code is: Docker's cache then holds.
 rm -rf dist && SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800} \
   "$python" -m pip wheel -q --no-deps --no-build-isolation -w dist "$root" >/dev/null 2>&1
+# The lock files every pip install in the images obeys (PIP_CONSTRAINT), as scripts/setup.sh's do.
+cp "$root"/requirements/*lock.txt dist/
 
 base_args=()
 [ -n "${BASE_IMAGE:-}" ] && base_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")

@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MXNET=("mxnet==1.9.1" "numpy<1.24" "tensorboardX>=2.6" "psutil>=5.9")
+# Versions: requirements/lock.txt for .venv, requirements/mxnet-lock.txt for .venv-mxnet (`make lock`).
+MXNET=(-r requirements/mxnet.in -c requirements/mxnet-lock.txt)
 
 quiet_pip() {  # pip's warnings about the offline index folders it skips are noise here
   "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -26,15 +27,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # Stamps: what was installed, so a re-run with nothing changed does nothing.
-script_hash=$(sha256sum < scripts/setup-frameworks.sh | cut -d' ' -f1)
+script_hash=$(cat scripts/setup-frameworks.sh requirements/mxnet.in requirements/mxnet-lock.txt | sha256sum | cut -d' ' -f1)
 # The extra's pin (pyproject.toml) matters: a bare "torch" resolves to the multi-GB CUDA build.
 mapfile -t extra < <(.venv/bin/python -c \
   'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["pytorch"], sep="\n")')
-want="$script_hash ${extra[*]}"
+want="$script_hash ${extra[*]} $(sha256sum < requirements/lock.txt | cut -d' ' -f1)"
 
 if [ "$(cat .venv/.workbench-frameworks 2>/dev/null)" != "$want" ]; then
   echo "installing the pytorch extra (${extra[*]}, CPU) into .venv"
-  quiet_pip .venv/bin/python -m pip install -q "${extra[@]}"
+  quiet_pip .venv/bin/python -m pip install -q -c requirements/lock.txt "${extra[@]}"
   echo "$want" > .venv/.workbench-frameworks
 fi
 
@@ -45,7 +46,7 @@ if [ "${WORKBENCH_WITH_MXNET:-1}" != "0" ]; then
     "$PY" -m venv .venv-mxnet
   fi
   if [ "$(cat .venv-mxnet/.workbench-setup 2>/dev/null)" != "$script_hash" ]; then
-    echo "installing ${MXNET[*]} and workbench (no deps) into .venv-mxnet"
+    echo "installing requirements/mxnet.in (pinned by requirements/mxnet-lock.txt) and workbench (no deps) into .venv-mxnet"
     quiet_pip .venv-mxnet/bin/python -m pip install -q "${MXNET[@]}"
     quiet_pip .venv-mxnet/bin/python -m pip install -q --no-deps -e .
     .venv-mxnet/bin/python -c "import mxnet, tensorboardX, workbench.runtime, workbench.datasets.mnist"

@@ -18,13 +18,15 @@ fi
 
 GRPC_PROTOS="tensorflow-serving-api==2.21.0 tritonclient==2.73.0"
 stamp=.venv/.workbench-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# Versions come from requirements/lock.txt (`make lock` refreshes it); editing it, pyproject.toml or this
+# script makes the next run reinstall.
+want=$(cat pyproject.toml requirements/lock.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing workbench and its dependencies into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[tensorflow,pytorch,jupyter,dev,docs]"
-  # s3fs alone: resolving it with the rest can stall pip (aiobotocore pins botocore tightly).
-  .venv/bin/python -m pip install -q -e ".[s3]"
+  .venv/bin/python -m pip install -q -c requirements/lock.txt -e ".[tensorflow,pytorch,jupyter,dev,docs]"
+  # s3fs alone: resolving it with the rest can stall pip (aiobotocore pins botocore tightly); the lock holds both.
+  .venv/bin/python -m pip install -q -c requirements/lock.txt -e ".[s3]"
   # The gRPC messages (TF Serving's, KServe V2's) without their declared dependencies: tensorflow-serving-api
   # requires full `tensorflow` beside tensorflow-cpu, tritonclient pins ml-dtypes and protobuf below TensorFlow's.
   # What their modules import is in pyproject.toml. The pins are part of this file, so of the stamp's hash.

@@ -250,11 +250,12 @@ def dockerfile_args(name: str) -> dict[str, str]:
     return {m[1]: m[2].strip('"') for m in re.finditer(r"^ARG (\w+)=(.*)$", text, re.M)}
 
 
-def requirement_sets(wheel: Path) -> list[tuple[list[str], str, bool]]:
-    """(requirements, numpy constraint or "", with dependencies) covering every image's pip installs. The
-    TensorFlow, Jupyter and PyTorch images resolve together (a solution for all is one for each); tensorboard's
-    boto3 and the kubernetes client pin urllib3 apart, and MXNet needs numpy<1.24: each on its own. The serving
-    image's gRPC message packages install without their declared dependencies (full tensorflow, old pins)."""
+def requirement_sets(wheel: Path) -> list[tuple[list[str], Path, bool]]:
+    """(requirements, lock file they are constrained by, with dependencies) covering every image's pip installs,
+    each under the lock its image obeys (PIP_CONSTRAINT). The TensorFlow, Jupyter and PyTorch images resolve
+    together under requirements/lock.txt (a solution for all is one for each); tensorboard's boto3 and MXNet's
+    numpy<1.24 each under a lock of their own. The serving image's gRPC message packages install without their
+    declared dependencies (full tensorflow, old pins)."""
     tf, torch, mxnet = (dockerfile_args(n) for n in ("trainer-tensorflow", "trainer-pytorch", "trainer-mxnet"))
     jupyter, tensorboard, serving = (dockerfile_args(n) for n in ("jupyter", "tensorboard", "serving"))
     together = [
@@ -263,12 +264,13 @@ def requirement_sets(wheel: Path) -> list[tuple[list[str], str, bool]]:
         torch["TORCH_PACKAGE"],
         *jupyter["JUPYTER_PACKAGES"].split(),
     ]
+    lock = REPO / "requirements"
     return [
-        (together, "", True),
-        (tensorboard["PACKAGES"].split(), "", True),
-        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], mxnet["NUMPY_PIN"], True),
-        (serving["GRPC_PROTOS"].split(), "", False),
-        (serving["LOG_DB_PACKAGES"].split(), "", True),
+        (together, lock / "lock.txt", True),
+        (tensorboard["PACKAGES"].split(), lock / "tensorboard-lock.txt", True),
+        ([mxnet["MXNET_PACKAGE"], *mxnet["PACKAGES"].split()], lock / "mxnet-lock.txt", True),
+        (serving["GRPC_PROTOS"].split(), lock / "lock.txt", False),
+        (serving["LOG_DB_PACKAGES"].split(), lock / "lock.txt", True),
     ]
 
 
@@ -286,17 +288,14 @@ def fill_wheelhouse(wheel: Path) -> Path:
     # (same file name, older requirements) over the new one; the images install the wheel from images/dist
     for stale in house.glob("workbench-*.whl"):
         stale.unlink()
-    for requirements, numpy_pin, deps in requirement_sets(wheel):
+    for requirements, constraint, deps in requirement_sets(wheel):
         named = [r.replace(str(wheel), "workbench") for r in requirements]
-        key = "\n".join([BASE_PYTHON, *named, numpy_pin, str(deps), wheel_requirements(wheel)])
+        key = "\n".join([BASE_PYTHON, *named, constraint.read_text(), str(deps), wheel_requirements(wheel)])
         stamp = house / f".done-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         if stamp.exists():
             continue
         env = dict(os.environ)
-        if numpy_pin:
-            constraint = house / ".numpy-constraint.txt"
-            constraint.write_text(numpy_pin + "\n")
-            env["PIP_CONSTRAINT"] = " ".join(filter(None, [_pip_config("global.constraint"), str(constraint)]))
+        env["PIP_CONSTRAINT"] = " ".join(filter(None, [_pip_config("global.constraint"), str(constraint)]))
         done = subprocess.run(
             [
                 sys.executable,
