@@ -7,8 +7,8 @@ down:
 	.venv/bin/workbench down
 test:   ## set up and run every test
 	bash scripts/test.sh
-lint:
-	.venv/bin/ruff check workbench tests bench examples && .venv/bin/ruff format --check workbench tests bench examples
+lint:   ## ruff check, ruff format --check, mypy (what CI runs before the tests)
+	bash scripts/lint.sh
 docs:   ## build the documentation site into site/ (warnings are errors)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 # The lock files the set-up and the images install with (pip -c): refresh after changing pyproject.toml's

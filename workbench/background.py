@@ -32,18 +32,19 @@ def stepping_aside(run_s: float, pause_s: float, until: Callable[[], bool] | Non
 
     A profile hook (this thread only) looks at the clock every 64 events; it adds ~75% to the CPU time of what
     runs under it, and the pauses stretch its wall time."""
-    state = [0, time.perf_counter(), True]
+    events, since, active = 0, time.perf_counter(), True
 
     def hook(frame: Any, event: str, arg: Any) -> None:
-        state[0] += 1
-        if state[0] & 63 or not state[2]:
+        nonlocal events, since, active
+        events += 1
+        if events & 63 or not active:
             return
-        if time.perf_counter() - state[1] >= run_s:
+        if time.perf_counter() - since >= run_s:
             if until is not None and until():
-                state[2] = False
+                active = False
                 return
             time.sleep(pause_s)
-            state[1] = time.perf_counter()
+            since = time.perf_counter()
 
     previous = sys.getprofile()
     sys.setprofile(hook)

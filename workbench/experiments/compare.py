@@ -116,7 +116,9 @@ def runs(
     losses and errors, else the maximum). Filters: job ``name``, ``sweep`` id, ``status``."""
     pd = pandas()
     workspace = workspace or Workspace.current()
-    rows, params, metrics = [], set(), set()
+    rows: list[dict[str, Any]] = []
+    params: set[str] = set()
+    metrics: set[str] = set()
     for record in _records(workspace, name, sweep, status):
         row = run_row(workspace, record, columns=(params, metrics))
         rows.append(row)

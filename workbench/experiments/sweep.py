@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from workbench.errors import JobNotFound, SpecError, WorkbenchError
 from workbench.workspace import Workspace, read_json, write_json_atomic
@@ -275,7 +275,7 @@ class Sweep:
         if not done:
             raise WorkbenchError(f"sweep {self.id} has no finished trial with a {self.config.metric!r} value yet")
         pick = max if self.config.mode == "max" else min
-        best = pick(done, key=lambda t: t.value)
+        best = pick(done, key=lambda t: cast(float, t.value))  # done holds only trials with a value
         return Job(best.user_attrs[JOB_ATTR], self.workspace)
 
 

@@ -125,7 +125,7 @@ def promote(
             "metrics": chosen.metrics,
             "selected_by": _selected_by(checkpoint, metric),
         }
-        entry = {
+        entry: dict[str, Any] = {
             "framework": fw.name,
             "format": fw.format,
             "source": source,

@@ -420,7 +420,8 @@ class WorkerPool:
 POOL = WorkerPool()
 
 
-_OS_ERRORS = {c.__name__ for c in (OSError, *OSError.__subclasses__())}
+_OS_ERROR_TYPES: list[type[OSError]] = [OSError, *OSError.__subclasses__()]
+_OS_ERRORS = {c.__name__ for c in _OS_ERROR_TYPES}
 
 
 def run(

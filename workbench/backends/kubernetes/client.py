@@ -9,6 +9,7 @@ client's model classes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -90,6 +91,8 @@ class Cluster:
     def create(self, manifest: Obj) -> Obj:
         """Create a Service or Job from its manifest; return the object as the API stored it."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
+        body: Any
+        create: Callable[..., Any]
         if kind == "Service":
             body, create = k8s.V1Service.from_dict(manifest), self.core.create_namespaced_service
         elif kind == "Job":
@@ -129,7 +132,8 @@ class Cluster:
         try:
             # The answer is not parsed: it is a Status or the object itself, depending on the kind and
             # on whether deletion is still pending (Foreground), and nothing in it is needed.
-            response = delete(
+            # With _preload_content=False the client returns urllib3's response, which its annotations do not say.
+            response: Any = delete(
                 name, self.namespace, propagation_policy=propagation, _request_timeout=TIMEOUT, _preload_content=False
             )
             response.read()

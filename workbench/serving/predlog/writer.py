@@ -103,7 +103,8 @@ class PredictionLog:
                     Exception
                 ) as e:  # whatever it is (the database's errors, a value it refuses), never the thread's end
                     self._drop(len(batch), _first_line(e))
-                    conn = _close(conn)
+                    _close(conn)
+                    conn = None
             if stop:
                 break
         _close(conn)

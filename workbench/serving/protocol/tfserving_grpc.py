@@ -108,7 +108,7 @@ def _from_typed(name: str, tensor: tensor_pb2.TensorProto, dt: str, shape: list[
         raise InputError(f"input {name!r}: {len(values)} values in {field} do not fill shape {shape} ({count})")
     if container is object:
         return np.array(list(values), dtype=object)
-    arr = np.array(values, dtype=container)
+    arr: np.ndarray = np.array(values, dtype=container)
     if dt == "DT_HALF":  # float16 bit patterns
         if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
             raise InputError(f"input {name!r}: half_val holds values that are not float16 bit patterns")
