@@ -1,4 +1,4 @@
-.PHONY: setup up down test lint docs lock bench
+.PHONY: setup up down test test-fast lint docs lock bench
 setup:  ## create/update .venv
 	bash scripts/setup.sh
 up:     ## set up and start the workbench
@@ -7,6 +7,8 @@ down:
 	.venv/bin/workbench down
 test:   ## set up and run every test
 	bash scripts/test.sh
+test-fast:  ## the fast tier: every test not marked slow (no training, no TensorFlow), a few minutes
+	bash scripts/test.sh -m "not slow" -q
 lint:   ## ruff check, ruff format --check, mypy (what CI runs before the tests)
 	bash scripts/lint.sh
 docs:   ## build the documentation site into site/ (warnings are errors)
@@ -18,7 +20,7 @@ LOCK_ARGS = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --cust
 	$(if $(UPGRADE),--upgrade)
 lock:   ## re-resolve requirements/*lock.txt: .venv and the images, .venv-mxnet, the tensorboard image
 	.venv/bin/uv pip compile pyproject.toml --extra tensorflow --extra pytorch --extra jupyter --extra dev \
-		--extra docs --extra kubernetes --extra postgres $(LOCK_ARGS) -o requirements/lock.txt
+		--extra docs --extra kubernetes --extra postgres --extra s3 $(LOCK_ARGS) -o requirements/lock.txt
 	.venv/bin/uv pip compile requirements/mxnet.in $(LOCK_ARGS) -o requirements/mxnet-lock.txt
 	.venv/bin/uv pip compile requirements/tensorboard.in $(LOCK_ARGS) -o requirements/tensorboard-lock.txt
 bench:  ## run the benchmarks (prints figures)

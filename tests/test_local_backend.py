@@ -18,10 +18,10 @@ from workbench.errors import ResourceError, SpecError, WorkspaceError
 
 SLEEPER = """
 import os, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # the job's script: lives on
 print("child", child.pid, flush=True)
 print("visible", repr(os.environ.get("CUDA_VISIBLE_DEVICES")), flush=True)
-time.sleep(600)
+time.sleep(600)  # the job's script: runs until it is cancelled
 """
 
 
@@ -56,7 +56,7 @@ def test_single_job_runs_and_records_everything(workspace, write_script):
 
 
 def test_code_snapshot_isolates_the_run_and_skips_gitignored(workspace, write_script):
-    script = write_script("import time; time.sleep(2); print(open('data.txt').read())\n")
+    script = write_script("import time; time.sleep(2); print(open('data.txt').read())\n")  # job: reads after the edit
     (script.parent / "data.txt").write_text("original")
     (script.parent / ".gitignore").write_text("big/\n*.bin\n")
     (script.parent / "big").mkdir()
@@ -70,7 +70,7 @@ def test_code_snapshot_isolates_the_run_and_skips_gitignored(workspace, write_sc
 
 
 def test_job_outlives_the_process_that_submitted_it(workspace, write_script):
-    script = write_script("import time; time.sleep(3); print('finished')\n")
+    script = write_script("import time; time.sleep(3); print('finished')\n")  # job: outlives its submitter
     out = subprocess.run(
         [sys.executable, "-c", f"import workbench as wb; print(wb.submit({str(script)!r}, framework='none').id)"],
         capture_output=True,
@@ -87,7 +87,7 @@ def test_job_outlives_the_process_that_submitted_it(workspace, write_script):
 def test_jobs_are_listed_newest_first_from_a_second_process(workspace, write_script):
     script = write_script("print('x')\n")
     first = wb.submit(str(script), framework="none", name="first")
-    time.sleep(0.05)
+    time.sleep(0.05)  # distinct creation times: the listing's order is the point
     second = wb.submit(str(script), framework="none", name="second")
     code = "import workbench as wb; print(' '.join(j.id for j in wb.jobs()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
@@ -115,9 +115,9 @@ def test_one_failed_replica_fails_the_job_and_stops_the_others(workspace, write_
         """
         import os, sys, time
         if os.environ["WORKBENCH_REPLICA_INDEX"] == "1":
-            time.sleep(1)
+            time.sleep(1)  # the job's script: replica 1 fails after a while
             sys.exit(3)
-        time.sleep(600)
+        time.sleep(600)  # the others run until they are stopped
         """
     )
     job = wb.submit(str(script), framework="none", workers=2)
@@ -164,6 +164,7 @@ def test_no_gpu_job_sees_no_gpu(workspace, write_script):
 
 
 def test_follow_logs_streams_until_the_end(workspace, write_script, capsys):
+    # the job's script prints a line every 0.5 s, so following sees them arrive
     script = write_script("import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n")
     job = wb.submit(str(script), framework="none")
     assert job.logs(follow=True) is None
@@ -173,7 +174,7 @@ def test_follow_logs_streams_until_the_end(workspace, write_script, capsys):
 
 
 def test_dead_launcher_is_noticed(workspace, write_script):
-    job = wb.submit(str(write_script("import time; time.sleep(600)\n")), framework="none")
+    job = wb.submit(str(write_script("import time; time.sleep(600)\n")), framework="none")  # job: runs till killed
     pids = replica_pids(job)
     assert wait_for(lambda: job.record.supervisor_pid is not None, 30)
     psutil.Process(job.record.supervisor_pid).kill()
@@ -190,6 +191,7 @@ def runs(workspace: Path) -> list[str]:
 
 
 def test_bad_submits_create_nothing_and_leave_running_jobs_alone(workspace, write_script, monkeypatch, tmp_path):
+    # a job that is still running while the bad submits are tried
     running = wb.submit(str(write_script("import time; time.sleep(4); print('done')\n")), framework="none")
     before = runs(workspace)
     good = write_script("print(1)\n", name="ok.py", folder="ok")

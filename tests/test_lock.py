@@ -74,6 +74,9 @@ def test_set_up_and_conda_install_the_same_extras_under_the_lock() -> None:
     conda = (ROOT / "environment.yml").read_text()
     extras = re.search(r'-e "\.\[([a-z,]+)\]"', setup)
     assert extras and "-c requirements/lock.txt -e" in setup
-    assert f"-e .[{extras[1]}]" in conda and "-c requirements/lock.txt" in conda
+    assert extras and '-c requirements/lock.txt -e ".[s3]"' in setup
+    assert f"-e .[{extras[1]},s3]" in conda and "-c requirements/lock.txt" in conda
     frameworks = (ROOT / "scripts" / "setup-frameworks.sh").read_text()
     assert "-c requirements/lock.txt" in frameworks and "-c requirements/mxnet-lock.txt" in frameworks
+    tensorboard = (ROOT / "scripts" / "setup-tensorboard.sh").read_text()
+    assert "-c requirements/tensorboard-lock.txt" in tensorboard

@@ -97,9 +97,9 @@ def test_an_unusable_job_database_leaves_jobs_running_and_is_reconciled(workspac
 
 CHILDISH = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # the job's script: lives on
 print("child", child.pid, flush=True)
-time.sleep(600)
+time.sleep(600)  # the job's script: runs until it is killed
 """
 
 

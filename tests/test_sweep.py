@@ -14,7 +14,7 @@ from workbench.errors import SpecError
 
 from .test_params import SCALARS
 
-SLOW_SCALARS = SCALARS + "\nimport time; time.sleep(float(params.get('sleep', 0)))\n"
+SLOW_SCALARS = SCALARS + "\nimport time; time.sleep(float(params.get('sleep', 0)))\n"  # trial: runs `sleep` s
 
 
 def most_at_once(jobs: list[wb.Job]) -> int:
@@ -89,7 +89,7 @@ def test_tpe_sweep_minimizing_a_loss_is_finished_by_another_process(workspace, w
 def test_pruned_trials_are_cancelled(workspace, write_script):
     # Each epoch's accuracy is lr * epoch, all logged at once; then a trial sleeps (3 s, the poor one 60 s). The
     # third is far below the median of the first two at every step and is stopped during its sleep.
-    script = write_script(SCALARS + "\nimport time; time.sleep(3 if lr > 0.01 else 60)\n")
+    script = write_script(SCALARS + "\nimport time; time.sleep(3 if lr > 0.01 else 60)\n")  # trials' durations
     sweep = wb.sweep(str(script), {"lr": [0.3, 0.25, 0.001]}, metric="val_accuracy", prune=True, framework="none")
     sweep.wait(timeout=200, poll=0.2)
     trials = sweep.trials()

@@ -19,7 +19,7 @@ import psutil
 from workbench.backends.local.processes import free_ports, wait_for, with_env
 
 # A service that takes `delay` s before it answers, so that start-up lasts long enough to be interrupted.
-SLOW_HTTP = "import sys, time, http.server; time.sleep(float(sys.argv[2])); " + (
+SLOW_HTTP = "import sys, time, http.server; time.sleep(float(sys.argv[2])); " + (  # the service's slow start
     "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()"
 )
 

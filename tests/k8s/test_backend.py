@@ -341,7 +341,7 @@ def test_logs_follow_streams_every_replica_until_the_job_ends(
         for i, path in enumerate(files):
             with open(path, "a") as f:
                 f.write(f"worker {i} step {step}\n")
-        time.sleep(0.4)
+        time.sleep(0.4)  # the fake pods' pace: lines arrive while logs(follow=True) reads
     for pod in pods:
         fake.set_pod(pod, "Succeeded", exit_code=0)
     fake.set_job_condition(name, "Complete", "CompletionsReached")
@@ -427,7 +427,7 @@ def test_entrypoint_passes_sigterm_on_to_the_script(fake: FakeApiServer, write_s
         import signal, sys, time
         signal.signal(signal.SIGTERM, lambda *a: (print("stopping cleanly", flush=True), sys.exit(7)))
         print("ready", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # the job's script: runs until the SIGTERM under test
         """,
         name="train.py",
     )
@@ -448,10 +448,10 @@ def test_helper_replicas_stop_by_themselves_once_the_chief_succeeds(fake: FakeAp
         """
         import os, sys, time
         if os.environ["WORKBENCH_ROLE"] == "chief":
-            time.sleep(1)
+            time.sleep(1)  # the job's script: the chief trains briefly
             sys.exit(0)
         print("serving", flush=True)
-        time.sleep(120)
+        time.sleep(120)  # a parameter server never exits by itself
         """,
         name="train.py",
     )

@@ -24,7 +24,7 @@ class SlowDouble:
         x = inputs["x"]
         with self.lock:
             self.sizes.append(len(x))
-        time.sleep(0.02)
+        time.sleep(0.02)  # the fake model's compute time, during which more requests queue up
         if self.fail_on is not None and np.any(x == self.fail_on):
             raise ValueError("poisoned input")
         return {"y": x * 2}
@@ -63,7 +63,7 @@ def test_max_wait_gathers_requests_that_arrive_close_together():
         futures = []
         for v in range(5):
             futures.append(batcher.submit({"x": np.array([[v]], dtype="float32")}, loop))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # requests arriving one by one, not at once: the point of the test
         return await asyncio.gather(*futures)
 
     asyncio.run(staggered())

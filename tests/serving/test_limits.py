@@ -77,7 +77,7 @@ def test_a_slow_request_head_is_cut_off_while_others_are_answered(strict):
         for part in (b"Host: x\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n", b"X-C: 3\r\n", b"X-D: 4\r\n"):  # a slowloris
             assert requests.get(f"{strict.url}/v2/health/live", timeout=5).status_code == 200
             answered += 1
-            time.sleep(0.4)
+            time.sleep(0.4)  # the slow client's pace: the point of the test
             slow.sendall(part)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server has cut it off
@@ -123,9 +123,13 @@ def test_bodies_past_the_limit_get_a_413_and_head_answers_have_no_body(strict):
     assert chunked.status_code == 413  # no content-length: counted as it arrives
     s = _connect(strict)
     s.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.5)
     s.settimeout(5)
-    data = s.recv(65536)
+    data, deadline = b"", time.monotonic() + 5
+    while not data.endswith(b'{"live":true}') and time.monotonic() < deadline:  # both answers, however they arrive
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
     head, rest = data.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200") and b"content-length: 13" in head.lower()
     assert rest.startswith(b"HTTP/1.1 200")  # the HEAD answer had no body: the next answer follows at once
@@ -139,7 +143,8 @@ def test_an_overflowing_v2_shape_gets_a_400_at_once_and_the_model_keeps_answerin
     body = {"inputs": [{"name": "image", "shape": [562949953421313, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
     t0 = time.monotonic()
     r = requests.post(f"{server.url}/v2/models/overflow/infer", json=body, timeout=5)
-    assert r.status_code == 400 and "shape" in r.json()["error"] and time.monotonic() - t0 < 1
+    # at once: a few ms, where allocating the declared shape would take minutes or fail; generous on a busy machine
+    assert r.status_code == 400 and "shape" in r.json()["error"] and time.monotonic() - t0 < 3
     ok = requests.post(f"{server.url}/v1/models/overflow:predict", json={"instances": digits[:1]}, timeout=10)
     assert ok.status_code == 200
 

@@ -169,7 +169,7 @@ def test_two_server_processes_log_every_sampled_request_once(logging_server, pub
     statuses = _predict_all(server, "pglog", range(200), digits[0])
     assert statuses == [200] * 200
     _until(lambda: len(_logged_ids(pg, "pglog")) >= 200, 30, lambda: f"{len(_logged_ids(pg, 'pglog'))} of 200 logged")
-    time.sleep(0.5)  # a row logged twice would land within a writer's batch period (0.2 s)
+    time.sleep(0.5)  # waits for something NOT to happen: a row logged twice would land within a batch period (0.2 s)
     assert _logged_ids(pg, "pglog") == list(range(200))  # every request, once
     with psycopg.connect(pg.url) as conn:
         pids = conn.execute(

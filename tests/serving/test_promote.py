@@ -23,6 +23,20 @@ from .conftest import metric_samples
 pytestmark = pytest.mark.slow
 
 
+def eventually(check, timeout: float = 10, what: str = "") -> None:
+    """Poll ``check()`` (a ServingError counts as not yet) until it is true; fail after ``timeout`` s. The server
+    sees registry changes at its next scan of models/ (every 0.2 s here), not at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except wb.ServingError:
+            pass
+        assert time.monotonic() < deadline, what or "condition not met"
+        time.sleep(0.1)
+
+
 def predict_raw(server, model, digits, suffix=""):
     r = requests.post(f"{server.url}/v1/models/{model}{suffix}:predict", json={"instances": digits[:2]}, timeout=30)
     assert r.status_code == 200, r.text
@@ -104,7 +118,7 @@ def test_rollback_labels_and_traffic_split(publish, server, digits):
 
     wb.label("roll", "stable", 1)
     wb.label("roll", "canary", 2)
-    time.sleep(0.6)  # the server polls every 0.2 s
+    eventually(lambda: wb.predict("roll", digits[:1], label="canary").version == 2, what="label canary=2 not served")
     assert wb.predict("roll", digits[:1], label="canary").version == 2
     assert wb.predict("roll", digits[:1], label="stable").version == 1
     assert wb.predict("roll", digits[:1], version=2).version == 2
@@ -112,12 +126,13 @@ def test_rollback_labels_and_traffic_split(publish, server, digits):
         wb.label("roll", "alias", "beta")
 
     wb.split("roll", {"stable": 50, "canary": 50})
-    time.sleep(0.6)
+    # unversioned traffic went to version 1 only; the split shows once some of it reaches version 2
+    eventually(lambda: wb.predict("roll", digits[:1]).version == 2, what="the split is not applied")
     seen = Counter(wb.predict("roll", digits[:1]).version for _ in range(40))
     assert seen[1] > 5 and seen[2] > 5, seen
     wb.rollback("roll", 1)  # ends the split
-    time.sleep(0.6)
-    assert {wb.predict("roll", digits[:1]).version for _ in range(10)} == {1}
+    # 20 in a row on version 1: under a 50/50 split that happens by chance once in a million tries
+    eventually(lambda: {wb.predict("roll", digits[:1]).version for _ in range(20)} == {1}, what="split not ended")
 
 
 def test_bad_checkpoint_or_failed_gate_publishes_nothing(publish, server, digits, tmp_path):
