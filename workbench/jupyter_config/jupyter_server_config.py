@@ -5,7 +5,7 @@ import os
 from workbench.jupyter_config import PREFIX, tensorboard_proxy
 from workbench.settings import TENSORBOARD_PORT_VAR
 
-c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
+c = get_config()  # type: ignore[name-defined]  # noqa: F821  (Jupyter defines it for the config files it loads)
 
 _port = os.environ.get(TENSORBOARD_PORT_VAR, "")
 if _port:  # `workbench up --without tensorboard` runs none: no proxy entry then
