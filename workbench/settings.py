@@ -42,7 +42,11 @@ TENSORBOARD_PYTHON = Setting(
     "interpreter `workbench up` runs TensorBoard with; an s3:// workspace needs one without TensorFlow "
     "(scripts/setup-tensorboard.sh makes .venv-tensorboard); empty: this one, or .venv-tensorboard for s3://",
 )
-BACKEND = Setting("WORKBENCH_BACKEND", "auto", "job backend: local, kubernetes, or auto (kubernetes inside a pod)")
+BACKEND = Setting(
+    "WORKBENCH_BACKEND",
+    "auto",
+    "job backend: local, kubernetes, or auto (kubernetes in a pod with a service account token, else local)",
+)
 DATA_DIR = Setting(
     "WORKBENCH_DATA_DIR",
     str(Path.home() / ".cache" / "workbench" / "datasets"),
@@ -65,20 +69,24 @@ SERVE_LOAD_YIELD = Setting(
     "WORKBENCH_SERVE_LOAD_YIELD", "1,2", "while serving traffic, a version loads in slices: run ms, pause ms (0: off)"
 )
 SERVE_LOG_SAMPLE = Setting(
-    "WORKBENCH_SERVE_LOG_SAMPLE", "0", "fraction of predictions logged to the prediction log (WORKBENCH_SERVE_LOG_DB)"
+    "WORKBENCH_SERVE_LOG_SAMPLE",
+    "0",
+    "fraction of predictions logged to the prediction log (WORKBENCH_SERVE_LOG_DB; `workbench serve --log-sample`)",
 )
 SERVE_LOG_DB = Setting(
     "WORKBENCH_SERVE_LOG_DB",
     "",
-    "prediction log database: a postgresql:// URL; empty: the workspace's state/predictions.sqlite",
+    "prediction log database: a postgresql://user:password@host:5432/db URL (pip install 'workbench[postgres]'); empty: the workspace's state/predictions.sqlite",
 )
 SERVE_LOG_QUEUE = Setting(
     "WORKBENCH_SERVE_LOG_QUEUE",
     "10000",
-    "sampled predictions held per server process while the log database is slow or down",
+    "sampled predictions held per server process while the log database is slow or down (past it: dropped, counted)",
 )
 JUPYTER_TOKEN = Setting(
-    "WORKBENCH_JUPYTER_TOKEN", "", "JupyterLab token of `workbench up` (empty: random); never in argv"
+    "WORKBENCH_JUPYTER_TOKEN",
+    "",
+    "JupyterLab token of `workbench up` (empty: random), passed in its environment, never its command line",
 )
 PROMOTE_WARM = Setting("WORKBENCH_PROMOTE_WARM", "1", "keep idle export/validation workers so the next promote is fast")
 PROMOTE_PRIORITY = Setting(
@@ -131,21 +139,35 @@ CPU_SLOTS = Setting(
 MAX_JOBS = Setting("WORKBENCH_MAX_JOBS", "0", "most local jobs running at once; 0: no limit beyond the CPU slots")
 # TensorFlow's C++ log level for jobs, `workbench up` (JupyterLab kernels, model server) and `workbench serve`:
 # the user's own TF_CPP_MIN_LOG_LEVEL wins; 2 hides INFO and WARNING lines (cpu_feature_guard and friends).
-TF_CPP_MIN_LOG_LEVEL = Setting("TF_CPP_MIN_LOG_LEVEL", "2", "TensorFlow's C++ log level in jobs and services")
+TF_CPP_MIN_LOG_LEVEL = Setting(
+    "TF_CPP_MIN_LOG_LEVEL",
+    "2",
+    "TensorFlow's C++ log level given to jobs, `workbench up`'s services and `workbench serve` unless set",
+)
 
 # Kubernetes backend (workbench.backends.kubernetes); the Helm chart sets these in the Jupyter pod.
 K8S_NAMESPACE = Setting("WORKBENCH_K8S_NAMESPACE", "", "training Jobs' namespace; empty: this pod's, else kubeconfig's")
 K8S_IMAGE_TENSORFLOW = Setting(
-    "WORKBENCH_K8S_IMAGE_TENSORFLOW", "workbench/trainer-tensorflow:0.1.0", "trainer image for tensorflow and none"
+    "WORKBENCH_K8S_IMAGE_TENSORFLOW",
+    "workbench/trainer-tensorflow:0.1.0",
+    "trainer image for tensorflow jobs, and for framework none",
 )
 K8S_IMAGE_PYTORCH = Setting(
     "WORKBENCH_K8S_IMAGE_PYTORCH", "workbench/trainer-pytorch:0.1.0", "trainer image for pytorch jobs"
 )
 K8S_IMAGE_MXNET = Setting("WORKBENCH_K8S_IMAGE_MXNET", "workbench/trainer-mxnet:0.1.0", "trainer image for mxnet jobs")
 K8S_IMAGE_PULL_POLICY = Setting("WORKBENCH_K8S_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of training pods")
-K8S_WORKSPACE_CLAIM = Setting("WORKBENCH_K8S_WORKSPACE_CLAIM", "workbench-workspace", "PVC holding the workspace")
+K8S_WORKSPACE_CLAIM = Setting(
+    "WORKBENCH_K8S_WORKSPACE_CLAIM",
+    "workbench-workspace",
+    "PVC (ReadWriteMany) holding the workspace; every training pod mounts it",
+)
 K8S_WORKSPACE_MOUNT = Setting("WORKBENCH_K8S_WORKSPACE_MOUNT", "", "claim's path in pods; empty: WORKBENCH_WORKSPACE's")
-K8S_SERVICE_ACCOUNT = Setting("WORKBENCH_K8S_SERVICE_ACCOUNT", "", "training pods' service account; empty: default")
+K8S_SERVICE_ACCOUNT = Setting(
+    "WORKBENCH_K8S_SERVICE_ACCOUNT",
+    "",
+    "training pods' service account (no API token is mounted in them); empty: the namespace's default",
+)
 K8S_CPU = Setting("WORKBENCH_K8S_CPU", "1", "CPU request of each training replica")
 K8S_MEMORY = Setting("WORKBENCH_K8S_MEMORY", "2Gi", "memory request and limit of each training replica")
 K8S_PORT = Setting("WORKBENCH_K8S_PORT", "2222", "port of each replica in TF_CONFIG / MASTER_PORT / DMLC_PS_ROOT_PORT")

@@ -42,7 +42,7 @@ class JobSpec:
     cpus: int | None = None
 
     def roles(self) -> dict[str, int]:
-        """Replica count per role, in launch order (see README: distributed conventions)."""
+        """Replica count per role, in launch order (see docs/distributed.md)."""
         if self.framework == "tensorflow" and self.ps > 0:
             # ParameterServerStrategy: one chief coordinates, workers compute, ps hold variables.
             return {"chief": 1, "worker": self.workers, "ps": self.ps}
