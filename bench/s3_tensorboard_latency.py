@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bench", method="PUT"), timeout=10).close()
 
         import workbench as wb
-        from workbench.services import SERVICES, Options, _s3_env
+        from workbench.services import SERVICES, TB_PREFIX, Options, _s3_env
         from workbench.workspace import Workspace
 
         ws = Workspace.current().ensure()
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         print(f"TensorBoard: {' '.join(command)}", flush=True)
         log = open(tmp / "tensorboard.log", "wb")
         procs.append(subprocess.Popen(command, env={**os.environ, **_s3_env()}, stdout=log, stderr=log))
-        base = f"http://127.0.0.1:{tb_port}"
+        base = f"http://127.0.0.1:{tb_port}/{TB_PREFIX}"  # workbench up serves it under the prefix JupyterLab proxies
         assert wait(lambda: get(f"{base}/data/runs") is not None, 60), "TensorBoard did not answer"
 
         (tmp / "code").mkdir()

@@ -96,7 +96,8 @@ def test_new_version_goes_live_without_restart(trained, server, digits, publish)
     while not done.search(server.log_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert done.search(server.log_text()), server.log_text()[-2000:]
-    np.testing.assert_allclose(predict_raw(server, "live", digits, "/versions/2")[1], first, rtol=1e-6)
+    # folded into constants it computes the same to float rounding (the server checks rtol 1e-5 before it swaps)
+    np.testing.assert_allclose(predict_raw(server, "live", digits, "/versions/2")[1], first, rtol=1e-5)
     assert server.proc.pid == pid and server.proc.poll() is None
 
 

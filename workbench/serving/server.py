@@ -121,7 +121,7 @@ def create_app() -> Any:
     if os.environ.get(_GROUP_VAR):  # one of several worker processes
         from workbench.serving.model.peers import Peers
 
-        _die_with_parent()
+        _die_with_parent(int(os.environ[_GROUP_VAR]))
         peers = Peers(ws.state / "serving" / os.environ[_GROUP_VAR])
     sample = float(settings.SERVE_LOG_SAMPLE.get())
     metrics = ServerMetrics(log_sample=sample)
@@ -167,7 +167,7 @@ def create_app() -> Any:
     return HTTPApp(repo, metrics, limits, on_startup=startup, on_shutdown=shutdown)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """A worker process gets SIGTERM when the server's supervisor dies (even by SIGKILL), so none serves on
     unsupervised (Linux's parent-death signal; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
@@ -177,7 +177,7 @@ def _die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the supervisor died before the call
+    if os.getppid() != supervisor:  # it died before the call (in a container the supervisor may be pid 1)
         os.kill(os.getpid(), signal.SIGTERM)
 
 
