@@ -146,7 +146,10 @@ def _predict_all(server: Server, model: str, ids: range, digit: list, threads: i
 
 def _logged_ids(pg: PostgresServer, model: str) -> list[int]:
     with psycopg.connect(pg.url) as conn:
-        rows = conn.execute("SELECT inputs FROM predictions WHERE model = %s", (model,)).fetchall()
+        try:
+            rows = conn.execute("SELECT inputs FROM predictions WHERE model = %s", (model,)).fetchall()
+        except psycopg.errors.UndefinedTable:  # no server has written yet: its writer creates the table
+            return []
     return sorted(int(next(iter(json.loads(text).values()))[0][0][0]) for (text,) in rows)
 
 
@@ -228,4 +231,5 @@ def test_a_database_outage_fails_no_predict_and_counts_the_rows_it_drops(logging
     _until(lambda: accounted() == sent, 30, lambda: f"{accounted()} of {sent} accounted for")
     ids = _logged_ids(pg, "outage")
     assert len(ids) == len(set(ids))
-    assert "dropped" in server.log_text() and "cannot reach the prediction log" in server.log_text()
+    # The drops are logged (rate-limited); "cannot reach" follows only where a reconnect fell inside the outage.
+    _until(lambda: "prediction(s) not logged to" in server.log_text(), 30, lambda: server.log_text()[-2000:])
