@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,14 @@ class PostgresServer:
 
     def _run(self, tool: str, *args: str) -> None:
         kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid} if self.user else {}
-        done = subprocess.run(
-            [str(self.bindir / tool), *args], capture_output=True, text=True, cwd=self.root, **kwargs, timeout=120
-        )
+        for attempt in range(2):  # a fork from a process that has loaded grpcio can fail in the child: once more
+            done = subprocess.run(
+                [str(self.bindir / tool), *args], capture_output=True, text=True, cwd=self.root, **kwargs, timeout=120
+            )
+            if done.returncode == 0 or (args[:1] == ("stop",) and not (self.data / "postmaster.pid").exists()):
+                return  # (a stop whose first try did stop the server fails the second: it is stopped)
+            if attempt == 0:
+                time.sleep(0.5)
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
             raise AssertionError(f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}\n{log}")
